@@ -1,0 +1,92 @@
+"""The Hydra application: one call of `task` trains one grid cell, under any launcher.
+
+JAX is imported only inside `task`, after the worker has pinned itself to its cores: JAX sizes its CPU thread
+pools from the process's CPU affinity when it starts, and XLA_FLAGS / OMP_NUM_THREADS do not limit them.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import sys
+import tempfile
+
+import hydra
+from omegaconf import DictConfig
+
+from scaling.config import ConfigError, register
+
+register()
+log = logging.getLogger("scaling")
+_SLOT = None  # the lock file that holds this process's core slot for its lifetime
+
+
+def pin_worker(n_workers: int) -> list[int] | None:
+    """Pin this process to a disjoint share of the available cores, claiming a free slot by file lock."""
+    global _SLOT
+    if _SLOT is not None or n_workers < 2 or not hasattr(os, "sched_setaffinity"):
+        return None
+    cpus = sorted(os.sched_getaffinity(0))
+    per = max(1, len(cpus) // n_workers)
+    folder = os.path.join(tempfile.gettempdir(), f"scaling-slots-{os.getppid()}")
+    os.makedirs(folder, exist_ok=True)
+    for slot in range(n_workers):
+        f = open(os.path.join(folder, str(slot)), "w")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.close()
+            continue
+        _SLOT = f
+        mine = cpus[(slot * per) % len(cpus):][:per]
+        os.sched_setaffinity(0, mine)
+        return mine
+    return None
+
+
+def _parallel_workers() -> int:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        launcher = HydraConfig.get().launcher
+        if "joblib" in str(launcher.get("_target_", "")):
+            n = launcher.get("n_jobs", 1)
+            return os.cpu_count() if n in (-1, None) else int(n)
+    except ValueError:  # not inside a Hydra job
+        pass
+    return 1
+
+
+def task(cfg: DictConfig) -> dict | None:
+    if cfg.pin_cpus:
+        mine = pin_worker(_parallel_workers())
+        if mine:
+            log.info("worker %d pinned to cores %s", os.getpid(), mine)
+    from scaling import train  # JAX initialises here
+
+    try:
+        return train.run(cfg)
+    except ConfigError as e:
+        print(f"scaling: config error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except Exception as e:  # noqa: BLE001 -- recorded in the run folder; the other cells go on
+        log.error("run failed: %s: %s (see %s/error.txt)", type(e).__name__, e, train.runs.run_dir(cfg))
+        if not _in_multirun():
+            raise
+        return {"status": "failed", "error": str(e)}
+
+
+def _in_multirun() -> bool:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        return HydraConfig.get().mode == RunMode.MULTIRUN
+    except ValueError:
+        return False
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg: DictConfig) -> dict | None:
+    return task(cfg)

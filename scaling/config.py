@@ -1,0 +1,154 @@
+"""Structured configs (dataclasses) for Hydra, and validation with one clear line per error.
+
+The Hydra tree is composed from the groups model/, data/, optim/, train/ (see scaling/conf/config.yaml).
+Model sizes are registered here from scaling.sizes so the ladder has a single definition.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from scaling import sizes
+
+
+class ConfigError(ValueError):
+    """A configuration mistake, reported as one line before any compute."""
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    n_layers: int = MISSING
+    d_model: int = MISSING
+    n_heads: int = MISSING
+    d_ff: int = MISSING
+    seq_len: int = 128
+    vocab: int = 256
+    dtype: str = "float32"  # matmul dtype: float32 or bfloat16 (parameters stay float32)
+
+
+@dataclass
+class DataConfig:
+    # "stdlib" (the running interpreter's standard library), a text file, a folder, a glob, or a .u8/.u16
+    # token file.
+    corpus: str = "stdlib"
+    # D: distinct training tokens a run may see (a prefix of the shuffled training stream); null = all.
+    unique_tokens: Optional[float] = None
+    val_fraction: float = 0.05  # files whose stable hash falls below this go to validation
+    eval_windows: int = 512  # validation windows of seq_len tokens, the same for every run
+    cache_dir: Optional[str] = None  # default: $SCALING_CACHE or ~/.cache/scaling
+
+
+@dataclass
+class OptimConfig:
+    name: str = "cosine"  # cosine | wsd | constant
+    lr: Optional[float] = None  # null = sizes.default_learning_rate(d_model)
+    warmup_frac: float = 0.05
+    min_lr_frac: float = 0.1  # cosine ends at min_lr_frac * lr, exactly at the last step
+    decay_frac: float = 0.2  # wsd: the last decay_frac of steps decay linearly to zero
+    weight_decay: float = 0.1
+    b1: float = 0.9
+    b2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 1.0
+
+
+@dataclass
+class TrainConfig:
+    # Run length, in precedence order: the first one set wins (see scaling.train.resolve_steps).
+    steps: Optional[int] = None
+    flops: Optional[float] = None  # compute budget C, counted as 6 N tokens
+    tokens: Optional[float] = None
+    tokens_per_param: Optional[float] = 20.0
+    batch_size: int = 32
+    seed: int = 0
+    n_evals: int = 16  # log-spaced evaluation points, the last step always included
+    steps_per_dispatch: int = 8  # optimizer steps fused into one jitted lax.scan call
+    checkpoint_every_s: float = 60.0
+    checkpoint_every_steps: Optional[int] = None
+    diverge_factor: float = 1.5  # loss above diverge_factor * ln(vocab) counts as diverged
+    progress: str = "auto"  # auto | bar | log | none
+
+
+@dataclass
+class Config:
+    model: ModelConfig = MISSING
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sweep: str = "default"  # results go to <results_dir>/<sweep>/<run_id>/
+    results_dir: str = "results"
+    rerun_failed: bool = False  # relaunching skips completed runs, resumes interrupted ones; failed only if set
+    pin_cpus: bool = True  # pin parallel workers (joblib) to disjoint cores before JAX starts
+
+
+# Keys that never change a run's result: excluded from its identity hash.
+NON_IDENTITY_KEYS = {
+    "sweep",
+    "results_dir",
+    "rerun_failed",
+    "pin_cpus",
+    "train.progress",
+    "train.checkpoint_every_s",
+    "train.checkpoint_every_steps",
+    "data.cache_dir",
+}
+
+
+def register() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="base_config", node=Config)
+    for name in sizes.SIZE_NAMES:
+        s = sizes.ladder_shape(name)
+        cs.store(
+            group="model",
+            name=name,
+            node=ModelConfig(name, s.n_layers, s.d_model, s.n_heads, s.d_ff, s.seq_len, s.vocab),
+        )
+
+
+def _positive(value: Any, key: str, kind=float) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+    if ok and kind is int:
+        ok = float(value).is_integer()
+    if not ok:
+        what = "a positive integer" if kind is int else "a positive number"
+        raise ConfigError(f"{key} must be {what}, got {value!r}")
+
+
+def validate(cfg: DictConfig | dict) -> None:
+    """Raise ConfigError naming the first bad field and what is allowed."""
+    c = OmegaConf.create(cfg) if isinstance(cfg, dict) else cfg
+    m = c.model
+    sizes.Shape(m.n_layers, m.d_model, m.n_heads, m.d_ff, m.seq_len, m.vocab)  # ValueError names the field
+    if m.dtype not in ("float32", "bfloat16"):
+        raise ConfigError(f"model.dtype must be float32 or bfloat16, got {m.dtype!r}")
+    if c.optim.name not in ("cosine", "wsd", "constant"):
+        raise ConfigError(f"optim.name must be one of cosine, wsd, constant, got {c.optim.name!r}")
+    if c.optim.lr is not None:
+        _positive(c.optim.lr, "optim.lr")
+    for key in ("warmup_frac", "decay_frac", "min_lr_frac"):
+        v = c.optim[key]
+        if not 0 <= v <= 1:
+            raise ConfigError(f"optim.{key} must be between 0 and 1, got {v!r}")
+    t = c.train
+    lengths = [k for k in ("steps", "flops", "tokens", "tokens_per_param") if t[k] is not None]
+    if not lengths:
+        raise ConfigError("set one of train.steps, train.flops, train.tokens, train.tokens_per_param")
+    for k in lengths:
+        _positive(t[k], f"train.{k}", int if k == "steps" else float)
+    _positive(t.batch_size, "train.batch_size", int)
+    _positive(t.steps_per_dispatch, "train.steps_per_dispatch", int)
+    _positive(t.n_evals, "train.n_evals", int)
+    if t.progress not in ("auto", "bar", "log", "none"):
+        raise ConfigError(f"train.progress must be one of auto, bar, log, none, got {t.progress!r}")
+    if c.data.unique_tokens is not None:
+        _positive(c.data.unique_tokens, "data.unique_tokens")
+    if not 0 < c.data.val_fraction < 1:
+        raise ConfigError(f"data.val_fraction must be strictly between 0 and 1, got {c.data.val_fraction!r}")
+    _positive(c.data.eval_windows, "data.eval_windows", int)

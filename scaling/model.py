@@ -1,0 +1,87 @@
+"""A decoder-only transformer in Flax NNX: pre-norm blocks, causal self-attention, GELU MLP, learned
+positions, output projection tied to the token embedding. Parameter counts: scaling.sizes.count_params."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from scaling.sizes import Shape
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+class Attention(nnx.Module):
+    def __init__(self, s: Shape, dtype, rngs: nnx.Rngs):
+        init = nnx.initializers.normal(0.02)
+        # Residual-branch outputs get a depth-scaled init (GPT-2) so the residual stream does not grow with depth.
+        out_init = nnx.initializers.normal(0.02 / (2 * s.n_layers) ** 0.5)
+        self.qkv = nnx.Linear(s.d_model, 3 * s.d_model, use_bias=False, kernel_init=init, dtype=dtype, rngs=rngs)
+        self.out = nnx.Linear(s.d_model, s.d_model, use_bias=False, kernel_init=out_init, dtype=dtype, rngs=rngs)
+        self.n_heads = s.n_heads
+
+    def __call__(self, x):
+        b, t, d = x.shape
+        q, k, v = jnp.split(self.qkv(x), 3, axis=-1)
+        q, k, v = (z.reshape(b, t, self.n_heads, d // self.n_heads) for z in (q, k, v))
+        y = jax.nn.dot_product_attention(q, k, v, is_causal=True)
+        return self.out(y.reshape(b, t, d))
+
+
+class MLP(nnx.Module):
+    def __init__(self, s: Shape, dtype, rngs: nnx.Rngs):
+        init = nnx.initializers.normal(0.02)
+        out_init = nnx.initializers.normal(0.02 / (2 * s.n_layers) ** 0.5)
+        self.up = nnx.Linear(s.d_model, s.d_ff, kernel_init=init, dtype=dtype, rngs=rngs)
+        self.down = nnx.Linear(s.d_ff, s.d_model, kernel_init=out_init, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x):
+        return self.down(jax.nn.gelu(self.up(x)))
+
+
+class Block(nnx.Module):
+    def __init__(self, s: Shape, dtype, rngs: nnx.Rngs):
+        self.norm1 = nnx.LayerNorm(s.d_model, rngs=rngs)
+        self.attn = Attention(s, dtype, rngs)
+        self.norm2 = nnx.LayerNorm(s.d_model, rngs=rngs)
+        self.mlp = MLP(s, dtype, rngs)
+
+    def __call__(self, x):
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class Transformer(nnx.Module):
+    def __init__(self, s: Shape, rngs: nnx.Rngs, dtype: str = "float32"):
+        dt = DTYPES[dtype]
+        self.embed = nnx.Embed(s.vocab, s.d_model, embedding_init=nnx.initializers.normal(0.02), rngs=rngs)
+        self.pos = nnx.Embed(s.seq_len, s.d_model, embedding_init=nnx.initializers.normal(0.01), rngs=rngs)
+        self.blocks = nnx.List([Block(s, dt, rngs) for _ in range(s.n_layers)])
+        self.norm = nnx.LayerNorm(s.d_model, rngs=rngs)
+        self.dtype = dt
+
+    def __call__(self, tokens):
+        """tokens: int (batch, time) -> logits float32 (batch, time, vocab)."""
+        x = self.embed(tokens) + self.pos.embedding[None, : tokens.shape[1]]
+        for block in self.blocks:
+            x = block(x)
+        x = self.norm(x)
+        # Tied output projection; logits in float32 for a stable softmax.
+        return (x.astype(self.dtype) @ self.embed.embedding.T.astype(self.dtype)).astype(jnp.float32)
+
+
+def loss_fn(model: Transformer, batch):
+    """Mean next-token cross-entropy in nats. batch: int (batch, seq_len + 1)."""
+    logits = model(batch[:, :-1])
+    return cross_entropy(logits, batch[:, 1:]).mean()
+
+
+def cross_entropy(logits, targets):
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    return -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+
+
+def count_tree_params(model: nnx.Module) -> int:
+    """Parameters as they sit in the tree (to check the analytic count)."""
+    return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))

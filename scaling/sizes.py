@@ -1,0 +1,96 @@
+"""Model shapes, parameter counts and FLOP accounting: every counting convention lives here.
+
+Conventions (the ones published scaling laws use, so each is recorded):
+
+* ``N`` -- non-embedding parameters (Kaplan et al. 2020): every parameter except the token and position
+  embeddings. The output projection is tied to the token embedding, so it is not counted either.
+  Layer-norm scales and biases are counted (they are a few per mille of N).
+* ``N_total`` -- every parameter in the model, embeddings included.
+* ``flops`` = 6 * N * tokens_seen (Kaplan et al.; Hoffmann et al. use the same 6ND).
+* ``flops_with_attention`` = (6 * N + 12 * n_layers * seq_len * d_model) * tokens_seen: the forward attention
+  score and value products cost 4 * seq_len * d_model per token and layer (counted in full, not halved for
+  the causal mask, as PaLM and nanoGPT count them); training is 3x the forward pass.
+* ``flops_total_params`` = 6 * N_total * tokens_seen.
+* Hardware FLOPs (for throughput and MFU only): the attention convention above plus the tied output
+  projection (6 * vocab * d_model per token), which is real matrix work even though it is not in N.
+
+The size ladder: one rule, a fixed aspect ratio d_model / n_layers = 16 with 16-wide heads and d_ff = 4 d_model,
+so the named sizes s01 ... s12 differ only in depth (1 ... 16 layers). Non-embedding N then grows as
+about 12 * n_layers * d_model**2 = 3072 * n_layers**3, from 3.2e3 (s01) to 1.3e7 (s12).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+ASPECT_RATIO = 16  # d_model / n_layers
+HEAD_DIM = 16
+FFN_MULT = 4
+LADDER_DEPTHS = (1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 16)
+SIZE_NAMES = tuple(f"s{i + 1:02d}" for i in range(len(LADDER_DEPTHS)))
+
+
+@dataclass(frozen=True)
+class Shape:
+    n_layers: int
+    d_model: int
+    n_heads: int
+    d_ff: int
+    seq_len: int
+    vocab: int = 256
+
+    def __post_init__(self):
+        for name in ("n_layers", "d_model", "n_heads", "d_ff", "seq_len", "vocab"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"model.{name} must be a positive integer, got {value!r}")
+        if self.d_model % self.n_heads:
+            raise ValueError(
+                f"model.d_model ({self.d_model}) must be divisible by model.n_heads ({self.n_heads})"
+            )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def ladder_shape(name: str, seq_len: int = 128, vocab: int = 256) -> Shape:
+    """The shape of a named ladder size (s01 ... s12)."""
+    if name not in SIZE_NAMES:
+        raise ValueError(f"unknown model size {name!r}; allowed: {', '.join(SIZE_NAMES)}")
+    depth = LADDER_DEPTHS[SIZE_NAMES.index(name)]
+    d_model = ASPECT_RATIO * depth
+    return Shape(depth, d_model, d_model // HEAD_DIM, FFN_MULT * d_model, seq_len, vocab)
+
+
+def count_params(s: Shape) -> dict:
+    """Exact parameter counts of scaling.model.Transformer, split by convention."""
+    d = s.d_model
+    attention = d * 3 * d + d * d  # fused qkv and output projections, no biases
+    mlp = d * s.d_ff + s.d_ff + s.d_ff * d + d  # two linear layers with biases
+    norms = 2 * 2 * d  # two pre-norms (scale and bias)
+    per_layer = attention + mlp + norms
+    non_embedding = s.n_layers * per_layer + 2 * d  # + final norm
+    embedding = s.vocab * d + s.seq_len * d  # token (tied with the output) + position
+    return {"N": non_embedding, "N_embedding": embedding, "N_total": non_embedding + embedding}
+
+
+def flops_per_token(s: Shape) -> dict:
+    """Training FLOPs per token (forward + backward) under each convention."""
+    n = count_params(s)
+    attention = 12 * s.n_layers * s.seq_len * s.d_model
+    return {
+        "flops": 6 * n["N"],
+        "flops_with_attention": 6 * n["N"] + attention,
+        "flops_total_params": 6 * n["N_total"],
+        "flops_hardware": 6 * n["N"] + attention + 6 * s.vocab * s.d_model,
+    }
+
+
+def default_learning_rate(d_model: int) -> float:
+    """Default peak AdamW learning rate for a width: lr = 1.6e-2 * 64 / d_model, capped at 1e-2.
+
+    Adam's update size does not shrink with width, so the stable learning rate falls roughly as 1 / width
+    (the muP rule for hidden matrices). The constant was set by a learning-rate scan on the default corpus
+    (see README, "Learning rate").
+    """
+    return min(1e-2, 1.6e-2 * 64 / d_model)

@@ -1,0 +1,368 @@
+"""One training run: init or resume, jitted multi-step training, evaluation, divergence abort, checkpoints.
+
+The NNX model and optimizer are split once into (graphdef, state); the jitted function takes the state and a
+stack of k batches and runs k optimizer steps in a lax.scan, so Python dispatch is paid once per k steps.
+Losses come back to the host one chunk late (after the next chunk is dispatched), which keeps the device busy
+while the host checks them for divergence and assembles the next batches.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import signal
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from flax import nnx
+from omegaconf import DictConfig, OmegaConf
+
+from scaling import data as data_lib
+from scaling import runs, sizes
+from scaling.config import ConfigError, validate
+from scaling.model import Transformer, cross_entropy, loss_fn
+from scaling.optim import make_optimizer
+
+log = logging.getLogger("scaling.train")
+logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax logs every checkpoint step at INFO
+
+
+def shape_of(cfg: DictConfig) -> sizes.Shape:
+    m = cfg.model
+    return sizes.Shape(m.n_layers, m.d_model, m.n_heads, m.d_ff, m.seq_len, m.vocab)
+
+
+def resolve_steps(train_cfg, n_params: int, tokens_per_step: int) -> tuple[int, str]:
+    """Run length in steps. Precedence: train.steps, then train.flops (C = 6 N tokens), then train.tokens, then
+    train.tokens_per_param (tokens = ratio x N). The first one set wins; the others are ignored."""
+    if train_cfg.steps is not None:
+        return int(train_cfg.steps), "train.steps"
+    if train_cfg.flops is not None:
+        tokens, source = train_cfg.flops / (6 * n_params), "train.flops"
+    elif train_cfg.tokens is not None:
+        tokens, source = float(train_cfg.tokens), "train.tokens"
+    else:
+        tokens, source = train_cfg.tokens_per_param * n_params, "train.tokens_per_param"
+    return max(1, int(round(tokens / tokens_per_step))), source
+
+
+def eval_points(steps: int, n_evals: int, k: int) -> list[int]:
+    """Log-spaced step counts at which to evaluate, on multiples of k (chunk boundaries), always ending at steps."""
+    raw = np.geomspace(k, max(steps, k), n_evals) if n_evals > 1 else np.array([steps])
+    points = {int(min(steps, max(k, round(x / k) * k))) for x in raw}
+    points.add(steps)
+    return sorted(points)
+
+
+def chunks(steps: int, points: list[int], k: int) -> list[tuple[int, int]]:
+    """(start, n) for each dispatch: n <= k steps, never crossing an evaluation point."""
+    out, start = [], 0
+    for stop in points:
+        while start < stop:
+            n = min(k, stop - start)
+            out.append((start, n))
+            start += n
+    return out
+
+
+class _Stop:
+    """Turns SIGTERM / SIGINT into a flag that the loop checks between chunks."""
+
+    def __init__(self):
+        self.signal = None
+        self._old = {}
+
+    def __enter__(self):
+        for s in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._old[s] = signal.signal(s, self._handle)
+            except ValueError:  # not the main thread: signals cannot be caught here
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        self.signal = signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+def _versions() -> dict:
+    import flax
+    import orbax.checkpoint
+
+    return {"jax": jax.__version__, "flax": flax.__version__, "optax": optax.__version__,
+            "orbax": orbax.checkpoint.__version__, "python": sys.version.split()[0]}
+
+
+def enable_compilation_cache(cache_dir: str | None) -> None:
+    """Same-shape runs reuse compiled programs across processes (JAX's persistent compilation cache)."""
+    path = data_lib.cache_root(cache_dir) / "jax"
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+def run(cfg: DictConfig) -> dict:
+    """Train one run described by cfg; return its summary. Skips a finished run, resumes an interrupted one."""
+    try:
+        validate(cfg)
+    except ValueError as e:  # ConfigError, or a shape error naming its field
+        raise ConfigError(str(e)) from None
+    folder = runs.run_dir(cfg)
+    previous = runs.read_summary(folder)
+    if previous and (previous["status"] in runs.FINISHED or
+                     (previous["status"] in runs.RETRY_ON_REQUEST and not cfg.rerun_failed)):
+        log.info("skip %s: %s", folder, previous["status"])
+        return previous
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    try:
+        return _train(cfg, folder)
+    except ConfigError:
+        raise
+    except Exception as e:  # keep the evidence in the run folder, then let the launcher see the failure
+        (folder / "error.txt").write_text(traceback.format_exc())
+        summary = runs.read_summary(folder) or {}
+        summary.update(status="failed", error=f"{type(e).__name__}: {e}")
+        runs.write_json_atomic(folder / "summary.json", summary)
+        raise
+
+
+def _train(cfg: DictConfig, folder: Path) -> dict:
+    t_start = time.time()
+    enable_compilation_cache(cfg.data.cache_dir)
+    shape = shape_of(cfg)
+    counts = sizes.count_params(shape)
+    per_token = sizes.flops_per_token(shape)
+    corpus = data_lib.load_corpus(cfg.data.corpus, cfg.data.val_fraction, cfg.data.cache_dir)
+    if corpus.vocab > shape.vocab:
+        raise ConfigError(f"model.vocab={shape.vocab} is smaller than the corpus vocabulary ({corpus.vocab})")
+    unique = int(cfg.data.unique_tokens) if cfg.data.unique_tokens is not None else corpus.n_train
+    tc = cfg.train
+    batches = data_lib.Batches(corpus, unique, shape.seq_len, tc.batch_size, tc.seed)
+    tokens_per_step = tc.batch_size * shape.seq_len
+    steps, length_source = resolve_steps(tc, counts["N"], tokens_per_step)
+    k = min(tc.steps_per_dispatch, steps)
+    points = eval_points(steps, tc.n_evals, k)
+    plan = chunks(steps, points, k)
+    peak_lr = cfg.optim.lr if cfg.optim.lr is not None else sizes.default_learning_rate(shape.d_model)
+
+    model = Transformer(shape, nnx.Rngs(tc.seed), cfg.model.dtype)
+    tx, lr_fn = make_optimizer(cfg.optim, peak_lr, steps)
+    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    graphdef, state = nnx.split((model, optimizer))
+    log.info("run %s: N=%s (non-embedding) N_total=%s layers=%d d_model=%d; D=%s; %d steps (%s); lr=%.3g",
+             folder.name, f"{counts['N']:,}", f"{counts['N_total']:,}", shape.n_layers, shape.d_model,
+             f"{unique:,}", steps, length_source, peak_lr)
+
+    @jax.jit
+    def train_chunk(state, tokens, active):
+        def body(state, xs):
+            batch, on = xs
+            model, opt = nnx.merge(graphdef, state)
+            loss, grads = nnx.value_and_grad(loss_fn)(model, batch)
+            opt.update(model, grads)
+            new_state = nnx.state((model, opt))
+            # The final chunk may be shorter than k: its padding steps compute but change nothing.
+            state = jax.tree.map(lambda a, b: jnp.where(on, a, b), new_state, state)
+            return state, loss
+
+        return jax.lax.scan(body, state, (tokens, active))
+
+    train_chunk = jax.jit(train_chunk.__wrapped__, donate_argnums=0)
+    val = data_lib.eval_windows(corpus, shape.seq_len, cfg.data.eval_windows)
+    eval_bs = min(64, len(val))
+    val = jnp.asarray(val[: len(val) // eval_bs * eval_bs].reshape(-1, eval_bs, shape.seq_len + 1))
+
+    @jax.jit
+    def eval_loss(state, val):
+        model, _ = nnx.merge(graphdef, state)
+
+        def one(batch):
+            return cross_entropy(model(batch[:, :-1]), batch[:, 1:]).mean()
+
+        return jax.lax.map(one, val).mean()
+
+    # Resume from the latest checkpoint, if any.
+    ckpt = ocp.CheckpointManager((folder / "ckpt").absolute(), options=ocp.CheckpointManagerOptions(
+        max_to_keep=1, enable_async_checkpointing=False))
+    step, acc_sum, acc_n, elapsed0 = 0, 0.0, 0, 0.0
+    if ckpt.latest_step() is not None:
+        target = {"state": nnx.to_pure_dict(state), "acc": np.zeros(2), "elapsed": np.zeros(())}
+        restored = ckpt.restore(ckpt.latest_step(), args=ocp.args.StandardRestore(target))
+        nnx.replace_by_pure_dict(state, restored["state"])
+        step = int(ckpt.latest_step())
+        acc_sum, acc_n = float(restored["acc"][0]), int(restored["acc"][1])
+        elapsed0 = float(restored["elapsed"])
+        log.info("resumed %s at step %d", folder.name, step)
+    metrics_path = folder / "metrics.jsonl"
+    _truncate_metrics(metrics_path, step)
+
+    summary = {
+        "run_id": folder.name, "sweep": cfg.sweep, "status": "running", "model": cfg.model.name,
+        **shape.to_dict(), **counts, "D": unique, "batch_size": tc.batch_size, "seed": tc.seed,
+        "steps": steps, "length_source": length_source, "lr": peak_lr, "schedule": cfg.optim.name,
+        "flops_per_token": per_token["flops"], "corpus": corpus.fingerprint, "versions": _versions(),
+        "device": str(jax.devices()[0].device_kind), "platform": jax.default_backend(),
+    }
+    runs.write_json_atomic(folder / "summary.json", summary)
+
+    progress = _Progress(tc.progress, steps, step, tokens_per_step)
+    limit = tc.diverge_factor * math.log(shape.vocab)
+    st = {"status": "completed", "bad_step": None, "last": None, "sum": acc_sum, "n": acc_n,
+          "trained": 0, "train_s": 0.0, "first_s": None, "overhead_s": 0.0}
+    t_loop = t_ckpt = time.time()
+
+    def finish(start: int, n: int, losses) -> bool:
+        """Check a finished chunk's losses; log and evaluate at evaluation points. False if diverged."""
+        host = np.asarray(losses)[:n]  # waits for that chunk
+        if st["first_s"] is None:
+            st["first_s"] = time.time() - t_start  # compile and first chunk included
+            st["t_first_done"], st["first_n"] = time.time(), n
+        bad = np.flatnonzero(~np.isfinite(host) | (host > limit))
+        if len(bad):
+            st["status"], st["bad_step"] = "diverged", start + int(bad[0]) + 1
+            log.error("run %s diverged at step %d: loss %s", folder.name, st["bad_step"], host[bad[0]])
+            return False
+        st["sum"] += float(host.astype(np.float64).sum())
+        st["n"] += n
+        st["trained"] += n
+        end = start + n
+        progress.update(end, float(host[-1]))
+        if end in points:
+            t0 = time.time()
+            row = {"step": end, "tokens_seen": end * tokens_per_step, "train_loss": st["sum"] / st["n"],
+                   "eval_loss": float(eval_loss(state, val)), "lr": float(lr_fn(end - 1)),
+                   "tokens_per_s": _throughput(st, tokens_per_step), "elapsed_s": elapsed0 + time.time() - t_loop}
+            with metrics_path.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+            progress.log(row)
+            st.update(last=row, sum=0.0, n=0)
+            st["overhead_s"] += time.time() - t0
+        return True
+
+    def save(at_step: int) -> None:
+        t0 = time.time()
+        ckpt.save(at_step, args=ocp.args.StandardSave({
+            "state": nnx.to_pure_dict(state), "acc": np.array([st["sum"], st["n"]], dtype=np.float64),
+            "elapsed": np.asarray(elapsed0 + time.time() - t_loop, dtype=np.float64)}), force=True)
+        ckpt.wait_until_finished()
+        st["overhead_s"] += time.time() - t0
+
+    pending, end = None, step
+    with _Stop() as stop:
+        for start, n in (c for c in plan if c[0] >= step):
+            tokens = batches.get(start, k)  # host work overlaps the chunk still running on the device
+            active = np.arange(k) < n
+            tokens[n:] = 0
+            if pending is not None and not finish(*pending):
+                break
+            pending = None
+            state, losses = train_chunk(state, tokens, active)
+            end = start + n
+            every = tc.checkpoint_every_steps
+            due = time.time() - t_ckpt > tc.checkpoint_every_s or bool(every and end % every == 0)
+            if end in points or due or stop.signal:
+                if not finish(start, n, losses):
+                    break
+                if (due or stop.signal) and end < steps:
+                    save(end)
+                    t_ckpt = time.time()
+                if stop.signal:
+                    st["status"] = "interrupted"
+                    log.warning("run %s interrupted by %s at step %d; checkpoint saved", folder.name,
+                                stop.signal, end)
+                    break
+            else:
+                pending = (start, n, losses)
+    progress.close()
+    status = st["status"]
+    if status == "completed":
+        save(steps)
+    done_steps = st["bad_step"] - 1 if st["bad_step"] else end
+    tokens_seen = done_steps * tokens_per_step
+    last = st["last"]
+    summary.update({
+        "status": status, "diverged_at_step": st["bad_step"], "steps_done": done_steps,
+        "tokens_seen": tokens_seen, "unique_tokens_seen": min(unique, tokens_seen), "epochs": tokens_seen / unique,
+        **{key: v * tokens_seen for key, v in per_token.items() if key != "flops_hardware"},
+        "final_train_loss": last["train_loss"] if last else None,
+        "final_eval_loss": last["eval_loss"] if last else None,
+        "wall_s": elapsed0 + time.time() - t_loop, "time_to_first_step_s": st["first_s"],
+        "tokens_per_s": _throughput(st, tokens_per_step),
+    })
+    if summary["tokens_per_s"]:
+        summary["hardware_flops_per_s"] = summary["tokens_per_s"] * per_token["flops_hardware"]
+    runs.write_json_atomic(folder / "summary.json", summary)
+    ckpt.close()
+    log.info("run %s %s: eval loss %s after %d steps, %.1f s", folder.name, status,
+             summary["final_eval_loss"], done_steps, summary["wall_s"])
+    return summary
+
+
+def _throughput(st: dict, tokens_per_step: int) -> float | None:
+    """Steady-state tokens/s: the first chunk (compilation) and evaluation/checkpoint time are excluded."""
+    if st["first_s"] is None:
+        return None
+    n = st["trained"] - st["first_n"]
+    seconds = time.time() - st["t_first_done"] - st["overhead_s"]
+    if n <= 0 or seconds <= 0:
+        return None
+    return n * tokens_per_step / seconds
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop log lines written after the checkpoint we resume from: they will be written again."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                keep.append(line)
+        except (ValueError, KeyError):
+            break  # a torn last line from a kill
+    path.write_text("".join(x + "\n" for x in keep))
+
+
+class _Progress:
+    """A tqdm bar on a terminal, plain log lines otherwise."""
+
+    def __init__(self, mode: str, steps: int, start: int, tokens_per_step: int):
+        if mode == "auto":
+            mode = "bar" if sys.stderr.isatty() and not os.environ.get("CI") else "log"
+        self.mode, self.bar = mode, None
+        if mode == "bar":
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=steps, initial=start, unit="step", dynamic_ncols=True, leave=False)
+        self.step, self.tokens_per_step, self.t0 = start, tokens_per_step, time.time()
+
+    def update(self, step: int, loss: float):
+        if self.bar is not None:
+            self.bar.update(step - self.step)
+            self.bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+        self.step = step
+
+    def log(self, row: dict):
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{row['train_loss']:.3f}", eval=f"{row['eval_loss']:.3f}",
+                                 tok_s=f"{row['tokens_per_s'] or 0:.3g}")
+        elif self.mode == "log":
+            log.info("step %d  tokens %.3g  train %.4f  eval %.4f  lr %.3g  %s tok/s  %.0f s",
+                     row["step"], row["tokens_seen"], row["train_loss"], row["eval_loss"], row["lr"],
+                     f"{row['tokens_per_s']:.3g}" if row["tokens_per_s"] else "-", row["elapsed_s"])
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()

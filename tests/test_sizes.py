@@ -1,0 +1,43 @@
+import pytest
+from flax import nnx
+
+from scaling import sizes
+from scaling.model import Transformer, count_tree_params
+
+
+@pytest.mark.parametrize("shape", [
+    sizes.ladder_shape("s01"), sizes.ladder_shape("s04", seq_len=64),
+    sizes.Shape(n_layers=2, d_model=40, n_heads=5, d_ff=72, seq_len=24, vocab=300),
+])
+def test_analytic_count_equals_parameter_tree(shape):
+    counts = sizes.count_params(shape)
+    model = Transformer(shape, nnx.Rngs(0))
+    assert counts["N_total"] == count_tree_params(model)
+    # N excludes exactly the token and position embeddings (the output projection is tied).
+    assert counts["N_embedding"] == model.embed.embedding.size + model.pos.embedding.size
+    assert counts["N"] + counts["N_embedding"] == counts["N_total"]
+
+
+def test_ladder_spans_three_decades_with_one_aspect_ratio():
+    shapes = [sizes.ladder_shape(n) for n in sizes.SIZE_NAMES]
+    n = [sizes.count_params(s)["N"] for s in shapes]
+    assert n == sorted(n) and n[-1] / n[0] > 1e3
+    assert n[0] < 5e3 and n[-1] > 1e7
+    assert {s.d_model / s.n_layers for s in shapes} == {sizes.ASPECT_RATIO}
+
+
+def test_flop_conventions():
+    s = sizes.ladder_shape("s03")
+    c, f = sizes.count_params(s), sizes.flops_per_token(s)
+    assert f["flops"] == 6 * c["N"]
+    assert f["flops_with_attention"] - f["flops"] == 12 * s.n_layers * s.seq_len * s.d_model
+    assert f["flops_total_params"] == 6 * c["N_total"]
+
+
+def test_unknown_size_and_bad_shape_are_named():
+    with pytest.raises(ValueError, match="unknown model size 's99'.*s01"):
+        sizes.ladder_shape("s99")
+    with pytest.raises(ValueError, match="model.d_model .* divisible by model.n_heads"):
+        sizes.Shape(2, 30, 4, 64, 16)
+    with pytest.raises(ValueError, match="model.n_layers must be a positive integer"):
+        sizes.Shape(0, 32, 2, 64, 16)

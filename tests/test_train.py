@@ -1,0 +1,122 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from scaling import runs, train
+from scaling.config import ConfigError
+
+
+def metrics(folder):
+    return [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_tiny_run_learns_and_records_everything(make_cfg):
+    cfg = make_cfg("train.steps=40", "data.unique_tokens=5000")
+    s = train.run(cfg)
+    assert s["status"] == "completed" and s["steps_done"] == 40
+    rows = metrics(runs.run_dir(cfg))
+    assert rows[-1]["step"] == 40 and rows[0]["eval_loss"] > rows[-1]["eval_loss"] + 0.5
+    assert s["final_eval_loss"] < np.log(256) - 1.0
+    # Accounting: 40 steps x 8 x 32 tokens over D = 5000 unique tokens.
+    assert s["tokens_seen"] == 40 * 8 * 32 and s["epochs"] == pytest.approx(s["tokens_seen"] / 5000)
+    assert s["unique_tokens_seen"] == 5000
+    assert s["flops"] == 6 * s["N"] * s["tokens_seen"]
+    assert s["corpus"]["content_sha256"] and s["versions"]["jax"] and s["device"]
+    assert (runs.run_dir(cfg) / "config.yaml").exists()
+
+
+def test_finished_run_is_skipped(make_cfg):
+    cfg = make_cfg("train.steps=8")
+    first = train.run(cfg)
+    again = train.run(cfg)
+    assert again["wall_s"] == first["wall_s"]  # read back, not retrained
+
+
+class _StopAfter:
+    """Stands in for the signal handler: reports SIGTERM after `n` checks."""
+
+    def __init__(self, n):
+        self.n, self.calls = n, 0
+
+    def __call__(self):
+        return self
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+    @property
+    def signal(self):
+        self.calls += 1
+        return "SIGTERM" if self.calls > self.n else None
+
+
+@pytest.mark.parametrize("stop_after", [1, 4])
+def test_resume_equals_uninterrupted(make_cfg, tmp_path, monkeypatch, stop_after):
+    base = ["train.steps=30", "train.n_evals=6", "data.unique_tokens=3000"]
+    straight = make_cfg(*base, "sweep=straight")
+    train.run(straight)
+    cfg = make_cfg(*base, "sweep=interrupted")
+    with monkeypatch.context() as m:
+        m.setattr(train, "_Stop", _StopAfter(stop_after))
+        s = train.run(cfg)
+    assert s["status"] == "interrupted" and s["steps_done"] < 30
+    resumed = train.run(cfg)
+    assert resumed["status"] == "completed"
+    a, b = metrics(runs.run_dir(straight)), metrics(runs.run_dir(cfg))
+    assert [r["step"] for r in a] == [r["step"] for r in b]
+    for ra, rb in zip(a, b):  # bitwise on CPU
+        assert ra["eval_loss"] == rb["eval_loss"] and ra["train_loss"] == rb["train_loss"]
+
+
+def test_divergence_stops_the_run_and_keeps_the_log(make_cfg):
+    cfg = make_cfg("optim.lr=1000", "train.steps=60", "optim.warmup_frac=0")
+    s = train.run(cfg)
+    assert s["status"] == "diverged" and 1 <= s["diverged_at_step"] <= 60
+    assert s["steps_done"] == s["diverged_at_step"] - 1
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.steps=0", "train.steps must be a positive integer, got 0"),
+    ("train.batch_size=-3", "train.batch_size must be a positive integer"),
+    ("data.unique_tokens=1e12", "data.unique_tokens=1e\\+12 exceeds the corpus training split"),
+    ("optim.name=adam", "optim.name must be one of cosine, wsd, constant"),
+    ("model.n_heads=5", "divisible by model.n_heads"),
+])
+def test_config_errors_name_the_field(make_cfg, override, message):
+    with pytest.raises(ConfigError, match=message):
+        train.run(make_cfg(override))
+
+
+def test_cli_config_error_is_one_line(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "scaling.cli", "train", "train.steps=-1",
+                        f"results_dir={tmp_path}"], capture_output=True, text=True)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines()[-1] == \
+        "scaling: config error: train.steps must be a positive integer, got -1"
+    r = subprocess.run([sys.executable, "-m", "scaling.cli", "train", "model=s99"], capture_output=True,
+                       text=True)
+    assert r.returncode != 0 and "s99" in r.stderr and "s01" in r.stderr
+
+
+def test_run_length_precedence():
+    from omegaconf import OmegaConf
+
+    t = OmegaConf.create({"steps": None, "flops": 6e9, "tokens": 1e9, "tokens_per_param": 20})
+    assert train.resolve_steps(t, 1000, 100) == (10_000, "train.flops")
+    t.flops = None
+    assert train.resolve_steps(t, 1000, 100) == (10_000_000, "train.tokens")
+    t.tokens = None
+    assert train.resolve_steps(t, 1000, 100) == (200, "train.tokens_per_param")
+    t.steps = 7
+    assert train.resolve_steps(t, 1000, 100) == (7, "train.steps")
+
+
+def test_user_corpus_run(make_cfg, text_corpus):
+    s = train.run(make_cfg(f"data.corpus={text_corpus}", "data.val_fraction=0.2", "train.steps=16"))
+    assert s["status"] == "completed" and s["corpus"]["files"] == 40
