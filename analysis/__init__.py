@@ -1,0 +1,1 @@
+"""Scaling-law analysis: tables in, fitted laws, intervals and figures out. Imports no JAX and no training code."""

@@ -1,0 +1,140 @@
+"""Load a runs table -- ours or any published CSV / Parquet -- into the standard columns the fits use.
+
+Standard columns (the names `scaling collect` writes, so our own tables need no flags):
+
+    N       model size: non-embedding parameters (ours); whatever convention the source used otherwise
+    D       training tokens used in the fit. For our tables this is `tokens` (tokens seen = steps x batch x
+            seq_len), as in Hoffmann et al.; the unique-token budget stays in `U` (our column `D`).
+    C       training compute in FLOPs. Ours: 6 N D. If absent it is computed as 6 N D.
+    loss    final loss (ours: evaluation loss in nats per byte on the fixed validation set)
+    steps, group, seed, budget   optional
+
+When only N and C are given, D = C / (6 N). Rows with non-finite or non-positive N, D, C or loss, and rows
+whose status is not "completed", are excluded and reported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+REQUIRED = ("N", "D", "C", "loss")
+
+
+class TableError(ValueError):
+    """A table that cannot be fitted, with what was wrong and what is allowed."""
+
+
+@dataclass
+class Table:
+    df: pd.DataFrame  # standard columns, valid rows only
+    source: str
+    excluded: list[str] = field(default_factory=list)  # human-readable reasons, one per excluded group
+    curves: pd.DataFrame | None = None  # our curves.parquet, if present
+
+
+def read_any(path: str | Path) -> pd.DataFrame:
+    p = Path(path)
+    if p.is_dir():
+        for name in ("runs.parquet", "runs.csv"):
+            if (p / name).exists():
+                return read_any(p / name)
+        raise TableError(f"{p} holds no runs.parquet or runs.csv; run `scaling collect {p}` first")
+    if not p.exists():
+        raise TableError(f"no such file: {p}")
+    if p.suffix == ".parquet":
+        return pd.read_parquet(p)
+    if p.suffix in (".csv", ".tsv", ".txt"):
+        return pd.read_csv(p, sep="\t" if p.suffix == ".tsv" else ",")
+    raise TableError(f"{p}: unsupported table format {p.suffix!r}; allowed: .csv, .tsv, .parquet")
+
+
+def load(path: str | Path, n: str | None = None, d: str | None = None, c: str | None = None,
+         loss: str | None = None, steps: str | None = None, group: str | None = None, seed: str | None = None,
+         budget: str | None = None, best_per: tuple[str, ...] | None = None,
+         where: str | None = None) -> Table:
+    """Read a table and map its columns. best_per=("N", "D") keeps the lowest-loss row per (N, D), e.g. the
+    best learning rate; `where` is a pandas query applied to the raw table first."""
+    raw = read_any(path)
+    if where:
+        try:
+            raw = raw.query(where)
+        except Exception as e:  # pandas raises many kinds here
+            raise TableError(f"--where {where!r} failed on {path}: {e}") from None
+    return from_frame(raw, str(path), n=n, d=d, c=c, loss=loss, steps=steps, group=group, seed=seed,
+                      budget=budget, best_per=best_per, curves=_read_curves(path))
+
+
+def _read_curves(path) -> pd.DataFrame | None:
+    p = Path(path)
+    folder = p if p.is_dir() else p.parent
+    f = folder / "curves.parquet"
+    return pd.read_parquet(f) if f.exists() else None
+
+
+def _pick(raw: pd.DataFrame, given: str | None, defaults: tuple[str, ...], what: str, required: bool):
+    if given is not None:
+        if given not in raw.columns:
+            raise TableError(f"column {given!r} (for {what}) is not in the table; columns: {', '.join(raw.columns)}")
+        return given
+    for name in defaults:
+        if name in raw.columns:
+            return name
+    if required:
+        raise TableError(f"no column for {what}: tried {', '.join(defaults)}; name it with --{what.lower()} "
+                         f"COLUMN (columns: {', '.join(map(str, raw.columns))})")
+    return None
+
+
+def from_frame(raw: pd.DataFrame, source: str = "<frame>", n=None, d=None, c=None, loss=None, steps=None,
+               group=None, seed=None, budget=None, best_per=None, curves=None) -> Table:
+    cols = {
+        "N": _pick(raw, n, ("N", "params", "n_params"), "N", True),
+        "D": _pick(raw, d, ("tokens", "D", "train_tokens", "training_tokens"), "D", False),
+        "C": _pick(raw, c, ("C", "flops", "compute", "compute_budget"), "C", False),
+        "loss": _pick(raw, loss, ("loss", "final_eval_loss", "validation_loss", "eval_loss"), "loss", True),
+        "steps": _pick(raw, steps, ("steps",), "steps", False),
+        "group": _pick(raw, group, ("group",), "group", False),
+        "seed": _pick(raw, seed, ("seed",), "seed", False),
+        "budget": _pick(raw, budget, ("budget", "compute_budget", "target_flops"), "budget", False),
+    }
+    if cols["D"] is None and cols["C"] is None:
+        raise TableError("the table needs D (training tokens) or C (FLOPs) besides N; name them with --d or --c")
+    df = pd.DataFrame({k: raw[v].to_numpy() for k, v in cols.items() if v is not None})
+    if cols["D"] != "D" and "D" in raw.columns:
+        df["U"] = raw["D"].to_numpy()  # our unique-token budget, when D is tokens seen
+    for extra in ("epochs", "status", "run_id", "sweep", "lr", "model"):
+        if extra in raw.columns and extra not in df:
+            df[extra] = raw[extra].to_numpy()
+    excluded = []
+    if "status" in df:
+        bad = df["status"].astype(str) != "completed"
+        for status, count in df.loc[bad, "status"].astype(str).value_counts().items():
+            excluded.append(f"{count} row(s) with status {status!r}")
+        df = df[~bad]
+    for k in ("N", "D", "C", "loss", "budget"):
+        if k in df:
+            df[k] = pd.to_numeric(df[k], errors="coerce").astype(float)
+    if "D" not in df:
+        df["D"] = df["C"] / (6 * df["N"])
+    if "C" not in df:
+        df["C"] = 6 * df["N"] * df["D"]
+    values = df[list(REQUIRED)].to_numpy(float)
+    ok = np.isfinite(values).all(1) & (values > 0).all(1)
+    if (~ok).any():
+        excluded.append(f"{int((~ok).sum())} row(s) with non-finite or non-positive N, D, C or loss")
+    df = df[ok].reset_index(drop=True)
+    if best_per:
+        missing = [k for k in best_per if k not in df]
+        if missing:
+            raise TableError(f"--best-per names {missing}; allowed: standard columns {', '.join(df.columns)}")
+        before = len(df)
+        df = df.loc[df.groupby(list(best_per))["loss"].idxmin()].reset_index(drop=True)
+        if before > len(df):
+            excluded.append(f"{before - len(df)} row(s) not the lowest loss for their {'/'.join(best_per)}")
+    if len(df) == 0:
+        raise TableError(f"{source}: no usable rows ({'; '.join(excluded) or 'empty table'})")
+    return Table(df, source, excluded, curves)
