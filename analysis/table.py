@@ -62,7 +62,7 @@ def load(path: str | Path, n: str | None = None, d: str | None = None, c: str | 
     if where:
         try:
             raw = raw.query(where)
-        except Exception as e:  # pandas raises many kinds here
+        except Exception as e:  # noqa: BLE001 -- pandas raises many kinds here
             raise TableError(f"--where {where!r} failed on {path}: {e}") from None
     return from_frame(raw, str(path), n=n, d=d, c=c, loss=loss, steps=steps, group=group, seed=seed,
                       budget=budget, best_per=best_per, curves=_read_curves(path))

@@ -32,7 +32,7 @@ def pin_worker(n_workers: int) -> list[int] | None:
     folder = os.path.join(tempfile.gettempdir(), f"scaling-slots-{os.getppid()}")
     os.makedirs(folder, exist_ok=True)
     for slot in range(n_workers):
-        f = open(os.path.join(folder, str(slot)), "w")
+        f = open(os.path.join(folder, str(slot)), "w")  # noqa: SIM115 -- held open for the process lifetime
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -70,7 +70,7 @@ def task(cfg: DictConfig) -> dict | None:
     except ConfigError as e:
         print(f"scaling: config error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
-    except Exception as e:  # noqa: BLE001 -- recorded in the run folder; the other cells go on
+    except Exception as e:
         log.error("run failed: %s: %s (see %s/error.txt)", type(e).__name__, e, train.runs.run_dir(cfg))
         if not _in_multirun():
             raise
@@ -90,3 +90,7 @@ def _in_multirun() -> bool:
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> dict | None:
     return task(cfg)
+
+
+if __name__ == "__main__":
+    main()

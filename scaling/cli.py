@@ -4,19 +4,23 @@
     scaling sweep SWEEP.yaml [overrides]     every cell of a sweep file, then collect, fit, plots and report
     scaling plan SWEEP.yaml [overrides]      the cells, their sizes and an estimated time, without training
     scaling collect RESULTS                  run folders -> runs.csv, runs.parquet, curves.parquet
-    scaling fit | predict | plot | emergence | report RESULTS ...   analysis, no training (see --help)
-    scaling bench                            throughput of the size ladder on this device
+    scaling fit | predict | plot | report RESULTS ...   analysis, no training (see `scaling fit --help`)
 """
 
 from __future__ import annotations
 
+import os
 import sys
 
-COMMANDS = ("train", "sweep", "plan", "collect", "fit", "predict", "plot", "emergence", "report", "bench")
+COMMANDS = ("train", "sweep", "plan", "collect", "fit", "predict", "plot", "report")
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    # Before numpy loads: the bootstrap runs L-BFGS-B in parallel processes, and a multi-threaded BLAS in each of
+    # them thrashes the cores (measured: 16x slower on 2 cores).
+    if argv and argv[0] in ("fit", "predict", "plot", "report", "sweep"):
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__.strip())
         return 0
@@ -38,10 +42,6 @@ def main(argv: list[str] | None = None) -> int:
         from scaling import collect
 
         return collect.cli(rest)
-    if command == "bench":
-        from scaling import bench
-
-        return bench.cli(rest)
     from analysis import cli as analysis_cli
 
     return analysis_cli.main(command, rest)

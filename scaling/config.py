@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -38,16 +38,16 @@ class DataConfig:
     # token file.
     corpus: str = "stdlib"
     # D: distinct training tokens a run may see (a prefix of the shuffled training stream); null = all.
-    unique_tokens: Optional[float] = None
+    unique_tokens: float | None = None
     val_fraction: float = 0.05  # files whose stable hash falls below this go to validation
     eval_windows: int = 512  # validation windows of seq_len tokens, the same for every run
-    cache_dir: Optional[str] = None  # default: $SCALING_CACHE or ~/.cache/scaling
+    cache_dir: str | None = None  # default: $SCALING_CACHE or ~/.cache/scaling
 
 
 @dataclass
 class OptimConfig:
     name: str = "cosine"  # cosine | wsd | constant
-    lr: Optional[float] = None  # null = sizes.default_learning_rate(d_model)
+    lr: float | None = None  # null = sizes.default_learning_rate(d_model)
     warmup_frac: float = 0.05
     min_lr_frac: float = 0.1  # cosine ends at min_lr_frac * lr, exactly at the last step
     decay_frac: float = 0.2  # wsd: the last decay_frac of steps decay linearly to zero
@@ -61,16 +61,16 @@ class OptimConfig:
 @dataclass
 class TrainConfig:
     # Run length, in precedence order: the first one set wins (see scaling.train.resolve_steps).
-    steps: Optional[int] = None
-    flops: Optional[float] = None  # compute budget C, counted as 6 N tokens
-    tokens: Optional[float] = None
-    tokens_per_param: Optional[float] = 20.0
+    steps: int | None = None
+    flops: float | None = None  # compute budget C, counted as 6 N tokens
+    tokens: float | None = None
+    tokens_per_param: float | None = 20.0
     batch_size: int = 32
     seed: int = 0
     n_evals: int = 16  # log-spaced evaluation points, the last step always included
     steps_per_dispatch: int = 8  # optimizer steps fused into one jitted lax.scan call
     checkpoint_every_s: float = 60.0
-    checkpoint_every_steps: Optional[int] = None
+    checkpoint_every_steps: int | None = None
     diverge_factor: float = 1.5  # loss above diverge_factor * ln(vocab) counts as diverged
     progress: str = "auto"  # auto | bar | log | none
 

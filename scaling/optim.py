@@ -11,7 +11,7 @@ import optax
 
 
 def schedule(name: str, peak_lr: float, steps: int, warmup_frac: float, min_lr_frac: float, decay_frac: float):
-    warmup = max(1, int(round(warmup_frac * steps))) if warmup_frac > 0 else 0
+    warmup = max(1, round(warmup_frac * steps)) if warmup_frac > 0 else 0
     warmup = min(warmup, steps - 1) if steps > 1 else 0
     ramp = optax.linear_schedule(0.0, peak_lr, warmup) if warmup else None
     rest = steps - warmup
@@ -22,7 +22,7 @@ def schedule(name: str, peak_lr: float, steps: int, warmup_frac: float, min_lr_f
     elif name == "wsd":
         # Warmup-stable-decay (Hu et al. 2024; Hagele et al. 2024): flat, then a linear cooldown to zero
         # over the last decay_frac of all steps.
-        decay = max(1, int(round(decay_frac * steps)))
+        decay = max(1, round(decay_frac * steps))
         stable = max(rest - decay, 0)
         main = optax.join_schedules(
             [optax.constant_schedule(peak_lr), optax.linear_schedule(peak_lr, 0.0, decay)], [stable]

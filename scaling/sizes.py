@@ -87,10 +87,11 @@ def flops_per_token(s: Shape) -> dict:
 
 
 def default_learning_rate(d_model: int) -> float:
-    """Default peak AdamW learning rate for a width: lr = 1.6e-2 * 64 / d_model, capped at 1e-2.
+    """Default peak AdamW learning rate for a width: lr = min(5e-3, 0.32 / d_model).
 
     Adam's update size does not shrink with width, so the stable learning rate falls roughly as 1 / width
-    (the muP rule for hidden matrices). The constant was set by a learning-rate scan on the default corpus
-    (see README, "Learning rate").
+    (the muP rule for hidden matrices); the cap keeps the narrowest models stable. At GPT-2 small's width (768)
+    the rule gives 4.2e-4, near the 6e-4 used there. On the default corpus at 5e5 tokens, s02 (d_model 32)
+    reached eval loss 2.613 at lr 5e-3, 2.665 at 1e-2 and 2.877 at 2e-2.
     """
-    return min(1e-2, 1.6e-2 * 64 / d_model)
+    return min(5e-3, 0.32 / d_model)

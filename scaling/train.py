@@ -52,7 +52,7 @@ def resolve_steps(train_cfg, n_params: int, tokens_per_step: int) -> tuple[int, 
         tokens, source = float(train_cfg.tokens), "train.tokens"
     else:
         tokens, source = train_cfg.tokens_per_param * n_params, "train.tokens_per_param"
-    return max(1, int(round(tokens / tokens_per_step))), source
+    return max(1, round(tokens / tokens_per_step)), source
 
 
 def eval_points(steps: int, n_evals: int, k: int) -> list[int]:
@@ -112,6 +112,58 @@ def enable_compilation_cache(cache_dir: str | None) -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
+def build(cfg: DictConfig, shape: sizes.Shape, steps: int, peak_lr: float):
+    """Model, optimizer and the jitted functions: (state, train_chunk, eval_loss, lr_fn).
+
+    train_chunk(state, tokens (k, batch, seq+1), active (k,)) -> (state, losses (k,)) runs k AdamW steps in one
+    lax.scan; state is donated. eval_loss(state, windows (m, b, seq+1)) -> mean loss in nats per token.
+    """
+    model = Transformer(shape, nnx.Rngs(cfg.train.seed), cfg.model.dtype)
+    tx, lr_fn = make_optimizer(cfg.optim, peak_lr, steps)
+    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    graphdef, state = nnx.split((model, optimizer))
+
+    def train_chunk(state, tokens, active):
+        def body(state, xs):
+            batch, on = xs
+            model, opt = nnx.merge(graphdef, state)
+            loss, grads = nnx.value_and_grad(loss_fn)(model, batch)
+            opt.update(model, grads)
+            new_state = nnx.state((model, opt))
+            # The final chunk may be shorter than k: its padding steps compute but change nothing.
+            state = jax.tree.map(lambda a, b: jnp.where(on, a, b), new_state, state)
+            return state, loss
+
+        return jax.lax.scan(body, state, (tokens, active))
+
+    def eval_loss(state, val):
+        model, _ = nnx.merge(graphdef, state)
+
+        def one(batch):
+            return cross_entropy(model(batch[:, :-1]), batch[:, 1:]).mean()
+
+        return jax.lax.map(one, val).mean()
+
+    return state, jax.jit(train_chunk, donate_argnums=0), jax.jit(eval_loss), lr_fn
+
+
+def measure_throughput(cfg: DictConfig, chunks: int = 3) -> float:
+    """Steady-state training tokens/s of cfg's shape on this device (random tokens; compile excluded)."""
+    enable_compilation_cache(cfg.data.cache_dir)
+    shape = shape_of(cfg)
+    k, b = cfg.train.steps_per_dispatch, cfg.train.batch_size
+    state, train_chunk, _, _ = build(cfg, shape, 1000, 1e-3)
+    tokens = np.random.default_rng(0).integers(0, shape.vocab, (k, b, shape.seq_len + 1)).astype(np.int32)
+    active = np.ones(k, bool)
+    state, losses = train_chunk(state, tokens, active)  # compile
+    losses.block_until_ready()
+    t0 = time.time()
+    for _ in range(chunks):
+        state, losses = train_chunk(state, tokens, active)
+    losses.block_until_ready()
+    return chunks * k * b * shape.seq_len / (time.time() - t0)
+
+
 def run(cfg: DictConfig) -> dict:
     """Train one run described by cfg; return its summary. Skips a finished run, resumes an interrupted one."""
     try:
@@ -157,41 +209,13 @@ def _train(cfg: DictConfig, folder: Path) -> dict:
     plan = chunks(steps, points, k)
     peak_lr = cfg.optim.lr if cfg.optim.lr is not None else sizes.default_learning_rate(shape.d_model)
 
-    model = Transformer(shape, nnx.Rngs(tc.seed), cfg.model.dtype)
-    tx, lr_fn = make_optimizer(cfg.optim, peak_lr, steps)
-    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
-    graphdef, state = nnx.split((model, optimizer))
+    state, train_chunk, eval_loss, lr_fn = build(cfg, shape, steps, peak_lr)
     log.info("run %s: N=%s (non-embedding) N_total=%s layers=%d d_model=%d; D=%s; %d steps (%s); lr=%.3g",
              folder.name, f"{counts['N']:,}", f"{counts['N_total']:,}", shape.n_layers, shape.d_model,
              f"{unique:,}", steps, length_source, peak_lr)
-
-    @jax.jit
-    def train_chunk(state, tokens, active):
-        def body(state, xs):
-            batch, on = xs
-            model, opt = nnx.merge(graphdef, state)
-            loss, grads = nnx.value_and_grad(loss_fn)(model, batch)
-            opt.update(model, grads)
-            new_state = nnx.state((model, opt))
-            # The final chunk may be shorter than k: its padding steps compute but change nothing.
-            state = jax.tree.map(lambda a, b: jnp.where(on, a, b), new_state, state)
-            return state, loss
-
-        return jax.lax.scan(body, state, (tokens, active))
-
-    train_chunk = jax.jit(train_chunk.__wrapped__, donate_argnums=0)
     val = data_lib.eval_windows(corpus, shape.seq_len, cfg.data.eval_windows)
     eval_bs = min(64, len(val))
     val = jnp.asarray(val[: len(val) // eval_bs * eval_bs].reshape(-1, eval_bs, shape.seq_len + 1))
-
-    @jax.jit
-    def eval_loss(state, val):
-        model, _ = nnx.merge(graphdef, state)
-
-        def one(batch):
-            return cross_entropy(model(batch[:, :-1]), batch[:, 1:]).mean()
-
-        return jax.lax.map(one, val).mean()
 
     # Resume from the latest checkpoint, if any.
     ckpt = ocp.CheckpointManager((folder / "ckpt").absolute(), options=ocp.CheckpointManagerOptions(
@@ -214,6 +238,7 @@ def _train(cfg: DictConfig, folder: Path) -> dict:
         "steps": steps, "length_source": length_source, "lr": peak_lr, "schedule": cfg.optim.name,
         "flops_per_token": per_token["flops"], "corpus": corpus.fingerprint, "versions": _versions(),
         "device": str(jax.devices()[0].device_kind), "platform": jax.default_backend(),
+        "resumed_from_step": step or None,
     }
     runs.write_json_atomic(folder / "summary.json", summary)
 

@@ -1,0 +1,110 @@
+"""`scaling fit | predict | plot | report RESULTS` -- analysis of a results folder or any CSV / Parquet table."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from analysis import isoflop, laws, lse, report
+from analysis.table import TableError, load
+
+
+def _parser(command: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"scaling {command}", description=__doc__)
+    p.add_argument("results", help="a results folder (with runs.parquet or runs.csv) or a .csv / .parquet file")
+    g = p.add_argument_group("columns (defaults: our names; map any table's columns)")
+    for name, help_ in (("n", "model size N"), ("d", "training tokens D"), ("c", "compute C in FLOPs"),
+                        ("loss", "loss"), ("steps", "training steps"), ("group", "group / model family"),
+                        ("seed", "seed"), ("budget", "IsoFLOP compute budget label")):
+        # In `predict`, --n and --d are the point to predict at, so their column flags are --n-col, --d-col.
+        flag = f"--{name}-col" if command == "predict" and name in ("n", "d") else f"--{name}"
+        g.add_argument(flag, dest=f"{name}_col", metavar="COLUMN", help=help_)
+    g.add_argument("--best-per", metavar="COLS", help="keep the lowest-loss row per these standard columns, "
+                   "comma-separated (e.g. N,D to keep the best learning rate)")
+    g.add_argument("--where", metavar="QUERY", help="pandas query on the raw table, e.g. 'N < 1.25e9'")
+    p.add_argument("--n-boot", type=int, default=laws.N_BOOT, help="bootstrap resamples (default 1000)")
+    if command in ("fit", "report"):
+        p.add_argument("--holdout-above-flops", type=float, help="extrapolation check: fit below this C")
+        p.add_argument("--holdout-top", type=int, help="extrapolation check: hold out the k largest-C runs")
+    if command == "fit":
+        p.add_argument("--json", action="store_true", help="print fit.json to stdout instead of tables")
+        p.add_argument("--method", choices=("fast", "full"), default="fast",
+                       help="Approach 3 optimiser: fast (vectorised grid + refinement) or full (L-BFGS-B from "
+                            "all 4,500 starts)")
+    if command == "predict":
+        p.add_argument("--flops", type=float, action="append", help="compute budget(s) for compute-optimal N, D")
+        p.add_argument("--n", type=float, help="predict the loss at this N (with --d)")
+        p.add_argument("--d", type=float, help="predict the loss at this D (with --n)")
+    if command in ("plot", "report"):
+        p.add_argument("--format", choices=("png", "svg", "pdf"), default="png")
+    return p
+
+
+def _load_kwargs(args) -> dict:
+    best = tuple(s.strip() for s in args.best_per.split(",")) if args.best_per else None
+    return {k: getattr(args, f"{k}_col") for k in ("n", "d", "c", "loss", "steps", "group", "seed", "budget")} | \
+        {"best_per": best, "where": args.where}
+
+
+def _out_folder(path: str) -> Path:
+    p = Path(path)
+    return p if p.is_dir() else p.parent
+
+
+def main(command: str, argv: list[str]) -> int:
+    args = _parser(command).parse_args(argv)
+    try:
+        if command in ("plot", "report"):
+            report.build(args.results, quiet=command == "plot", n_boot=args.n_boot, fmt=args.format,
+                         holdout_above=args.holdout_above_flops if command == "report" else None,
+                         holdout_top=args.holdout_top if command == "report" else None, **_load_kwargs(args))
+            folder = _out_folder(args.results)
+            print(f"wrote figures to {folder / 'plots'}" + (f" and {folder / 'report.md'}" if command == "report"
+                                                             else ""))
+            return 0
+        t = load(args.results, **_load_kwargs(args))
+    except TableError as e:
+        print(f"scaling {command}: {e}", file=sys.stderr)
+        return 2
+    if command == "predict":
+        return _predict(t, args)
+    result = report.fit_all(t, n_boot=args.n_boot, holdout_above=args.holdout_above_flops,
+                            holdout_top=args.holdout_top, method=args.method)
+    doc = report.to_json(result)
+    (_out_folder(args.results) / "fit.json").write_text(json.dumps(doc, indent=1, default=float))
+    print(json.dumps(doc, indent=1, default=float) if args.json else report.format_tables(result))
+    return 0
+
+
+def _predict(t, args) -> int:
+    if not args.flops and args.n is None:
+        print("scaling predict: give --flops C (compute-optimal N, D) or --n N --d D (a loss)",
+              file=sys.stderr)
+        return 2
+    chin = laws.chinchilla(t, n_boot=args.n_boot)
+    if args.n is not None:
+        if args.d is None:
+            print("scaling predict: --n needs --d", file=sys.stderr)
+            return 2
+        s = chin.samples
+        loss = float(chin.predict(args.n, args.d))
+        band = s["E"] + s["A"] / args.n ** s["alpha"] + s["B"] / args.d ** s["beta"]
+        lo, hi = lse.interval(band)
+        print(f"N={args.n:.4g} D={args.d:.4g}: predicted loss {loss:.4f} [95%: {lo:.4f}, {hi:.4f}] "
+              f"(Chinchilla fit on {len(t.df)} runs)")
+    for C in args.flops or []:
+        point, boot = laws.optimal(chin, C), laws.optimal(chin, C, samples=True)
+        print(f"C = {C:.4g} FLOPs (Approach 3, joint law):")
+        for k, label in (("N_opt", "N_opt"), ("D_opt", "D_opt"), ("tokens_per_param", "tokens/param"),
+                         ("loss", "loss")):
+            lo, hi = lse.interval(boot[k])
+            print(f"  {label:<14}{float(point[k]):>12.4g}   [95%: {lo:.4g}, {hi:.4g}]")
+        try:
+            fit, _ = isoflop.approach1(t, n_boot=args.n_boot)
+            n = float(fit.predict(C))
+            print(f"  {'N_opt':<14}{n:>12.4g}   (Approach 1, compute frontier; D_opt = {C / (6 * n):.4g})")
+        except ValueError as e:
+            print(f"  Approach 1 not available: {e}")
+    return 0

@@ -1,0 +1,309 @@
+"""The fitted forms, each with its parameters, 95% bootstrap intervals and derived quantities.
+
+* chinchilla(t):   L(N, D) = E + A / N^alpha + B / D^beta  (Hoffmann et al. 2022 Approach 3, as replicated by
+                   Besiroglu et al. 2024): Huber delta 1e-3 on log L, summed; L-BFGS-B from the grid
+                   alpha, beta in {0, 0.5, ..., 2}, e in {-1, -0.5, ..., 1}, a, b in {0, 5, ..., 25} (4,500 starts).
+                   Derived: a = beta / (alpha + beta), b = alpha / (alpha + beta), N_opt(C), D_opt(C), L_opt(C)
+                   under C = 6 N D.
+* single(t, x):    L(X) = E + A X^-alpha for X in N, D, C or steps (same objective, grid over a, alpha, e).
+* power(t, x):     L(X) = A X^-alpha (least squares in log space).
+* kaplan_nd(t):    L(N, D) = [(N_c / N)^(alpha_N / alpha_D) + D_c / D]^alpha_D  (Kaplan et al. 2020, eq. 1.5).
+* kaplan_ns(t):    L(N, S) = (N_c / N)^alpha_N + (S_c / S)^alpha_S  (Kaplan et al. eq. 1.6, S = steps).
+* muennighoff(t):  L = E + A / N^alpha + B / D'^beta with D' = U + U R* (1 - exp(-R / R*)), R = D / U - 1
+                   (Muennighoff et al. 2023: repeated tokens are worth less), when runs repeat data.
+
+Every fit returns a Fit: params {name: (value, ci_low, ci_high)}, the bootstrap samples, and warnings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.optimize import minimize
+
+from analysis import lse
+from analysis.table import Table
+
+A_GRID = np.arange(0, 26, 5.0)
+ALPHA_GRID = np.arange(0, 2.01, 0.5)
+E_GRID = np.arange(-1, 1.01, 0.5)
+N_BOOT = 1000
+
+
+@dataclass
+class Fit:
+    form: str
+    formula: str
+    params: dict  # name -> {"value", "ci_low", "ci_high"}
+    n_points: int
+    objective: float | None = None
+    warnings: list[str] = field(default_factory=list)
+    correlations: dict | None = None
+    predict: object = None  # callable(**columns) -> loss, not serialised
+    samples: dict | None = None  # name -> bootstrap samples, not serialised
+
+    def value(self, name: str) -> float:
+        return self.params[name]["value"]
+
+    def to_json(self) -> dict:
+        return {"formula": self.formula, "n_points": self.n_points, "objective": self.objective,
+                "params": self.params, "correlations": self.correlations, "warnings": self.warnings}
+
+
+def _summarise(values: dict, samples: dict) -> dict:
+    out = {}
+    for name, v in values.items():
+        lo, hi = lse.interval(samples[name]) if name in samples else (float("nan"), float("nan"))
+        out[name] = {"value": float(v), "ci_low": lo, "ci_high": hi}
+    return out
+
+
+def _correlations(samples: dict, names: list[str]) -> dict:
+    m = np.column_stack([samples[n] for n in names])
+    ok = np.isfinite(m).all(1)
+    if ok.sum() < 3:
+        return {}
+    c = np.corrcoef(m[ok].T)
+    return {f"{a}~{b}": float(c[i, j]) for i, a in enumerate(names) for j, b in enumerate(names) if i < j}
+
+
+def _identifiability(params: dict, names: list[str]) -> list[str]:
+    out = []
+    for n in names:
+        p = params[n]
+        lo, hi = p["ci_low"], p["ci_high"]
+        if np.isfinite(lo) and np.isfinite(hi) and lo > 0 and hi / lo > 100:
+            out.append(f"{n}: the 95% interval [{lo:.3g}, {hi:.3g}] spans {np.log10(hi / lo):.1f} orders of "
+                       f"magnitude; the data cannot identify it")
+    return out
+
+
+def _range_warning(x: np.ndarray, name: str) -> list[str]:
+    decades = np.log10(x.max() / x.min())
+    return [f"{name} spans only {decades:.2f} decades; exponents in {name} are poorly constrained"] \
+        if decades < 1 else []
+
+
+# ---------------------------------------------------------------- Chinchilla Approach 3
+def chinchilla(t: Table, n_boot: int = N_BOOT, seed: int = 0, method: str = "fast", groups=None) -> Fit:
+    df = t.df
+    logx = np.log(df[["N", "D"]].to_numpy(float))
+    y = np.log(df["loss"].to_numpy(float))
+    starts = lse.grid(A_GRID, ALPHA_GRID, E_GRID, 2, True)
+    theta, value = lse.fit(logx, y, starts, 2, True, method=method)
+    boot = lse.bootstrap(logx, y, starts, theta, 2, True, n_boot, seed, groups=groups) if n_boot else None
+    names = ["E", "A", "alpha", "B", "beta"]
+
+    def natural(th):
+        th = np.atleast_2d(th)
+        return {"E": np.exp(th[:, 4]), "A": np.exp(th[:, 0]), "alpha": th[:, 2], "B": np.exp(th[:, 1]),
+                "beta": th[:, 3]}
+
+    point = {k: v[0] for k, v in natural(theta).items()}
+    samples = natural(boot) if boot is not None else {}
+    point.update(_derived(point))
+    if samples:
+        samples.update(_derived(samples))
+    params = _summarise(point, samples)
+    warnings = _range_warning(df["N"].to_numpy(), "N") + _range_warning(df["D"].to_numpy(), "D")
+    warnings += _identifiability(params, ["E", "A", "B"])
+    for k in ("alpha", "beta"):
+        if point[k] <= 0:
+            warnings.append(f"{k} = {point[k]:.3g} is not positive: loss does not fall with "
+                            f"{'N' if k == 'alpha' else 'D'} in this data")
+
+    def predict(N, D):
+        return point["E"] + point["A"] / np.asarray(N, float) ** point["alpha"] + \
+            point["B"] / np.asarray(D, float) ** point["beta"]
+
+    return Fit("chinchilla", "L = E + A / N^alpha + B / D^beta", params, len(df), value, warnings,
+               _correlations(samples, names) if samples else None, predict, samples)
+
+
+def _derived(p: dict) -> dict:
+    """Compute-optimal allocation under C = 6 N D (Hoffmann et al. eq. 4)."""
+    alpha, beta = np.asarray(p["alpha"], float), np.asarray(p["beta"], float)
+    with np.errstate(all="ignore"):
+        G = (alpha * p["A"] / (beta * p["B"])) ** (1 / (alpha + beta))
+        return {"a": beta / (alpha + beta), "b": alpha / (alpha + beta), "G": G}
+
+
+def optimal(fit: Fit, flops, samples: bool = False):
+    """N_opt, D_opt, tokens per parameter and predicted loss at compute C (= 6 N D) from a Chinchilla fit."""
+    src = fit.samples if samples else {k: v["value"] for k, v in fit.params.items()}
+    C = np.asarray(flops, float)
+    with np.errstate(all="ignore"):
+        n = src["G"] * (C / 6) ** src["a"]
+        d = (C / 6) ** src["b"] / src["G"]
+        loss = src["E"] + src["A"] / n ** src["alpha"] + src["B"] / d ** src["beta"]
+    return {"N_opt": n, "D_opt": d, "tokens_per_param": d / n, "loss": loss}
+
+
+# ---------------------------------------------------------------- one variable
+def single(t: Table, x: str, n_boot: int = N_BOOT, seed: int = 0, groups=None) -> Fit:
+    df = t.df[np.isfinite(t.df[x]) & (t.df[x] > 0)] if x in t.df else None
+    if df is None or len(df) < 4:
+        raise ValueError(f"need at least 4 rows with positive {x} for L({x})")
+    logx = np.log(df[[x]].to_numpy(float))
+    y = np.log(df["loss"].to_numpy(float))
+    starts = lse.grid(A_GRID, ALPHA_GRID, E_GRID, 1, True)
+    theta, value = lse.fit(logx, y, starts, 1, True)
+    boot = lse.bootstrap(logx, y, starts, theta, 1, True, n_boot, seed, groups=groups) if n_boot else None
+
+    def natural(th):
+        th = np.atleast_2d(th)
+        return {"E": np.exp(th[:, 2]), "A": np.exp(th[:, 0]), "alpha": th[:, 1]}
+
+    point = {k: v[0] for k, v in natural(theta).items()}
+    samples = natural(boot) if boot is not None else {}
+    params = _summarise(point, samples)
+    warnings = _range_warning(df[x].to_numpy(), x) + _identifiability(params, ["E", "A"])
+
+    def predict(X):
+        return point["E"] + point["A"] * np.asarray(X, float) ** -point["alpha"]
+
+    return Fit(f"L({x})", f"L = E + A * {x}^-alpha", params, len(df), value, warnings,
+               _correlations(samples, ["E", "A", "alpha"]) if samples else None, predict, samples)
+
+
+def power(t: Table, x: str, n_boot: int = N_BOOT, seed: int = 0) -> Fit:
+    df = t.df
+    lx, ly = np.log(df[x].to_numpy(float)), np.log(df["loss"].to_numpy(float))
+
+    def solve(idx):
+        slope, intercept = np.polyfit(lx[idx], ly[idx], 1)
+        return np.exp(intercept), -slope
+
+    A, alpha = solve(np.arange(len(lx)))
+    rng = np.random.default_rng(seed)
+    boot = np.array([solve(rng.integers(0, len(lx), len(lx))) for _ in range(n_boot)]) if n_boot else None
+    samples = {"A": boot[:, 0], "alpha": boot[:, 1]} if boot is not None else {}
+    params = _summarise({"A": A, "alpha": alpha}, samples)
+    return Fit(f"power({x})", f"L = A * {x}^-alpha", params, len(df), None, _range_warning(df[x].to_numpy(), x),
+               None, lambda X: A * np.asarray(X, float) ** -alpha, samples)
+
+
+# ---------------------------------------------------------------- Kaplan et al.
+def kaplan_ns(t: Table, n_boot: int = N_BOOT, seed: int = 0) -> Fit:
+    df = t.df[t.df["steps"] > 0] if "steps" in t.df else None
+    if df is None or len(df) < 5:
+        raise ValueError("L(N, S) needs a steps column with at least 5 rows")
+    logx = np.log(df[["N", "steps"]].to_numpy(float))
+    y = np.log(df["loss"].to_numpy(float))
+    starts = lse.grid(A_GRID, ALPHA_GRID, E_GRID, 2, False)
+    theta, value = lse.fit(logx, y, starts, 2, False)
+    boot = lse.bootstrap(logx, y, starts, theta, 2, False, n_boot, seed) if n_boot else None
+
+    def natural(th):  # exp(a) N^-alpha = (N_c / N)^alpha  =>  N_c = exp(a / alpha)
+        th = np.atleast_2d(th)
+        with np.errstate(all="ignore"):
+            return {"N_c": np.exp(th[:, 0] / th[:, 2]), "alpha_N": th[:, 2], "S_c": np.exp(th[:, 1] / th[:, 3]),
+                    "alpha_S": th[:, 3]}
+
+    point = {k: v[0] for k, v in natural(theta).items()}
+    samples = natural(boot) if boot is not None else {}
+    params = _summarise(point, samples)
+
+    def predict(N, steps):
+        return (point["N_c"] / np.asarray(N, float)) ** point["alpha_N"] + \
+            (point["S_c"] / np.asarray(steps, float)) ** point["alpha_S"]
+
+    return Fit("kaplan_ns", "L = (N_c / N)^alpha_N + (S_c / S)^alpha_S", params, len(df), value,
+               _identifiability(params, ["N_c", "S_c"]), None, predict, samples)
+
+
+def _kaplan_nd_objective(theta, lN, lD, y, w, delta=lse.DELTA):
+    log_nc, log_dc, alpha_n, alpha_d = theta
+    u = (alpha_n / alpha_d) * (log_nc - lN)
+    v = log_dc - lD
+    with np.errstate(all="ignore"):  # far-off trial points overflow; L-BFGS-B backs off from them
+        pred = alpha_d * np.logaddexp(u, v)
+    return float((w * lse.huber(pred - y, delta)).sum())
+
+
+def kaplan_nd(t: Table, n_boot: int = 200, seed: int = 0) -> Fit:
+    df = t.df
+    lN, lD = np.log(df["N"].to_numpy(float)), np.log(df["D"].to_numpy(float))
+    y = np.log(df["loss"].to_numpy(float))
+    starts = [(ln, ld, an, ad) for ln in (10, 20, 30) for ld in (10, 20, 30) for an in (0.05, 0.3, 1.0)
+              for ad in (0.05, 0.3, 1.0)]
+
+    def solve(w, from_=None):
+        best = None
+        for s in (from_ or starts):
+            r = minimize(_kaplan_nd_objective, s, args=(lN, lD, y, w), method="L-BFGS-B",
+                         bounds=[(None, None), (None, None), (1e-4, 10), (1e-4, 10)], options=lse.LBFGS_OPTIONS)
+            if best is None or r.fun < best.fun:
+                best = r
+        return best
+
+    w = np.ones(len(y))
+    best = solve(w)
+    rng = np.random.default_rng(seed)
+    boot = np.array([solve(np.bincount(rng.integers(0, len(y), len(y)), minlength=len(y)).astype(float),
+                           [best.x]).x for _ in range(n_boot)]) if n_boot else None
+    names = ["N_c", "D_c", "alpha_N", "alpha_D"]
+
+    def natural(th):
+        th = np.atleast_2d(th)
+        return {"N_c": np.exp(th[:, 0]), "D_c": np.exp(th[:, 1]), "alpha_N": th[:, 2], "alpha_D": th[:, 3]}
+
+    point = {k: v[0] for k, v in natural(best.x).items()}
+    samples = natural(boot) if boot is not None else {}
+    params = _summarise(point, samples)
+
+    def predict(N, D):
+        return ((point["N_c"] / np.asarray(N, float)) ** (point["alpha_N"] / point["alpha_D"]) +
+                point["D_c"] / np.asarray(D, float)) ** point["alpha_D"]
+
+    return Fit("kaplan_nd", "L = [(N_c / N)^(alpha_N / alpha_D) + D_c / D]^alpha_D", params, len(df),
+               float(best.fun), _identifiability(params, ["N_c", "D_c"]), _correlations(samples, names)
+               if samples else None, predict, samples)
+
+
+# ---------------------------------------------------------------- Muennighoff et al.
+def muennighoff(t: Table, base: Fit, n_boot: int = 200, seed: int = 0) -> Fit:
+    """Data-constrained law: needs a unique-token column U and some rows with D > U (repeated epochs)."""
+    df = t.df
+    if "U" not in df or not (df["D"] > df["U"] * 1.01).any():
+        raise ValueError("the data-constrained law needs unique tokens (U) and runs that repeat data (D > U)")
+    lN, D, U = np.log(df["N"].to_numpy(float)), df["D"].to_numpy(float), df["U"].to_numpy(float)
+    y = np.log(df["loss"].to_numpy(float))
+    R = np.maximum(D / U - 1, 0)
+
+    def objective(th, w):
+        e, a, alpha, b, beta, log_r = th
+        rstar = np.exp(log_r)
+        d_eff = U + U * rstar * (1 - np.exp(-R / rstar))
+        terms = np.stack([a - alpha * lN, b - beta * np.log(d_eff), np.full(len(y), e)])
+        m = terms.max(0)
+        pred = m + np.log(np.exp(terms - m).sum(0))
+        return float((w * lse.huber(pred - y, lse.DELTA)).sum())
+
+    p = {k: base.value(k) for k in ("E", "A", "alpha", "B", "beta")}
+    start0 = [np.log(p["E"]), np.log(p["A"]), p["alpha"], np.log(p["B"]), p["beta"]]
+
+    def solve(w, starts):
+        best = None
+        for s in starts:
+            r = minimize(objective, s, args=(w,), method="L-BFGS-B", options=lse.LBFGS_OPTIONS)
+            if best is None or r.fun < best.fun:
+                best = r
+        return best
+
+    best = solve(np.ones(len(y)), [start0 + [np.log(r)] for r in (1, 5, 15, 50)])
+    rng = np.random.default_rng(seed)
+    boot = np.array([solve(np.bincount(rng.integers(0, len(y), len(y)), minlength=len(y)).astype(float),
+                           [best.x]).x for _ in range(n_boot)]) if n_boot else None
+
+    def natural(th):
+        th = np.atleast_2d(th)
+        return {"E": np.exp(th[:, 0]), "A": np.exp(th[:, 1]), "alpha": th[:, 2], "B": np.exp(th[:, 3]),
+                "beta": th[:, 4], "R_star": np.exp(th[:, 5])}
+
+    point = {k: v[0] for k, v in natural(best.x).items()}
+    samples = natural(boot) if boot is not None else {}
+    params = _summarise(point, samples)
+    return Fit("muennighoff", "L = E + A / N^alpha + B / D'^beta, D' = U + U R* (1 - exp(-R / R*))", params,
+               len(df), float(best.fun), _identifiability(params, ["R_star"]), None, None, samples)

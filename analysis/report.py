@@ -1,0 +1,228 @@
+"""Fit every applicable form to a table, check extrapolation, write fit.json, the figures and report.md.
+
+fit.json schema:
+    {"source": str, "n_rows": int, "excluded": [str],
+     "forms": {form: {"formula": str, "n_points": int, "objective": float | null,
+                      "params": {name: {"value": float, "ci_low": float, "ci_high": float}},
+                      "correlations": {"p~q": float} | null, "warnings": [str]}},
+     "skipped": {form: reason},
+     "extrapolation": {"holdout": str, "n_fit": int, "rows": [{"N", "D", "C", "loss", "predicted",
+                       "predicted_low", "predicted_high", "rel_error"}], "max_abs_rel_error": float} | null,
+     "optimal": [{"C", "N_opt", "D_opt", "tokens_per_param", "loss", with _low/_high}],
+     "warnings": [str]}
+Intervals are 95% bootstrap percentiles over runs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from analysis import isoflop, laws, lse
+from analysis.table import Table, load
+
+
+def _safe(skipped: dict, name: str, fn, *args, **kwargs):
+    """fn(*args, **kwargs), or None with the reason recorded in skipped[name] when the form does not apply."""
+    try:
+        return fn(*args, **kwargs)
+    except (ValueError, np.linalg.LinAlgError) as e:
+        skipped[name] = str(e)
+        return None
+
+
+def envelope(t: Table, x: str) -> Table:
+    """The lowest loss per distinct value of x (e.g. L(N) at the best D for each N)."""
+    df = t.df.loc[t.df.groupby(x)["loss"].idxmin()].sort_values(x).reset_index(drop=True)
+    return Table(df, t.source, t.excluded, t.curves)
+
+
+def holdout_split(t: Table, above_flops: float | None = None, top_k: int | None = None):
+    df = t.df.sort_values("C").reset_index(drop=True)
+    if above_flops is not None:
+        held = df["C"] > above_flops
+        label = f"runs with C > {above_flops:.3g}"
+    else:
+        k = top_k if top_k is not None else max(1, len(df) // 5)
+        held = pd.Series(np.arange(len(df)) >= len(df) - k)
+        label = f"the {k} largest-compute runs"
+    return Table(df[~held].reset_index(drop=True), t.source), df[held].reset_index(drop=True), label
+
+
+def extrapolation(t: Table, above_flops=None, top_k=None, n_boot: int = 200, seed: int = 0):
+    fit_t, held, label = holdout_split(t, above_flops, top_k)
+    if len(held) == 0 or len(fit_t.df) < 6:
+        return None
+    fit = laws.chinchilla(fit_t, n_boot=n_boot, seed=seed)
+    pred = fit.predict(held["N"], held["D"])
+    rows = []
+    for i, r in held.iterrows():
+        s = fit.samples
+        band = s["E"] + s["A"] / r["N"] ** s["alpha"] + s["B"] / r["D"] ** s["beta"] if s else None
+        lo, hi = lse.interval(band) if band is not None else (math.nan, math.nan)
+        rows.append({"N": r["N"], "D": r["D"], "C": r["C"], "loss": r["loss"], "predicted": float(pred[i]),
+                     "predicted_low": lo, "predicted_high": hi,
+                     "rel_error": float((pred[i] - r["loss"]) / r["loss"])})
+    return {"holdout": label, "n_fit": len(fit_t.df), "rows": rows,
+            "max_abs_rel_error": max(abs(r["rel_error"]) for r in rows),
+            "fit": {k: v["value"] for k, v in fit.params.items()}}
+
+
+def fit_all(t: Table, n_boot: int = laws.N_BOOT, seed: int = 0, holdout_above=None, holdout_top=None,
+            budgets_beyond=(10, 100, 1000), method: str = "fast") -> dict:
+    forms, skipped, extra = {}, {}, {}
+    df = t.df
+    chin = None
+    if df["N"].nunique() >= 2 and df["D"].nunique() >= 2 and len(df) >= 6:
+        chin = _safe(skipped, "chinchilla", laws.chinchilla, t, n_boot=n_boot, seed=seed, method=method)
+        kap = _safe(skipped, "kaplan_nd", laws.kaplan_nd, t, n_boot=min(n_boot, 200), seed=seed)
+        for f in (chin, kap):
+            if f:
+                forms[f.form] = f
+    else:
+        skipped["chinchilla"] = "needs at least 6 runs with 2 or more distinct N and D"
+    for x in ("N", "D", "C"):
+        f = _safe(skipped, f"L({x})", laws.single, envelope(t, x), x, n_boot=n_boot, seed=seed)
+        if f:
+            forms[f.form] = f
+    if "steps" in df and df["steps"].nunique() >= 3 and df["N"].nunique() >= 2:
+        f = _safe(skipped, "kaplan_ns", laws.kaplan_ns, t, n_boot=min(n_boot, 200), seed=seed)
+        if f:
+            forms[f.form] = f
+    front = _safe(skipped, "frontier", isoflop.approach1, t, n_boot=n_boot, seed=seed)
+    if front:
+        forms["frontier"], extra["frontier"] = front
+    iso_possible = "budget" in df and df["budget"].notna().any()
+    if iso_possible:
+        sub = Table(df[df["budget"].notna()].reset_index(drop=True), t.source)
+        for how in ("parabola", "akima"):
+            r = _safe(skipped, f"isoflop_{how}", isoflop.approach2, sub, how, n_boot=n_boot, seed=seed)
+            if r:
+                forms[r[0].form], extra[f"isoflop_{how}"] = r
+    else:
+        skipped["isoflop"] = "no compute-budget column (budget / target_flops)"
+    if chin and "U" in df:
+        f = _safe(skipped, "muennighoff", laws.muennighoff, t, chin, n_boot=min(n_boot, 200), seed=seed)
+        if f:
+            forms["muennighoff"] = f
+    warnings = []
+    if chin and "isoflop_parabola" in forms:
+        a3, a2 = chin.params["a"], forms["isoflop_parabola"].params["a"]
+        if a3["ci_high"] < a2["ci_low"] or a2["ci_high"] < a3["ci_low"]:
+            warnings.append(f"methods disagree: a = {a3['value']:.3f} (Approach 3) vs {a2['value']:.3f} "
+                            f"(Approach 2), with non-overlapping intervals")
+    optimal = []
+    if chin:
+        c_max = df["C"].max()
+        for mult in budgets_beyond:
+            C = c_max * mult
+            point = laws.optimal(chin, C)
+            row = {"C": C, **{k: float(v) for k, v in point.items()}}
+            if chin.samples:
+                boot = laws.optimal(chin, C, samples=True)
+                for k, v in boot.items():
+                    row[f"{k}_low"], row[f"{k}_high"] = lse.interval(v)
+            optimal.append(row)
+    extrap = _safe(skipped, "extrapolation", extrapolation, t, holdout_above, holdout_top, n_boot=min(n_boot, 200),
+                   seed=seed)
+    return {"table": t, "forms": forms, "skipped": skipped, "extra": extra, "optimal": optimal,
+            "extrapolation": extrap, "warnings": warnings}
+
+
+def to_json(result: dict) -> dict:
+    t = result["table"]
+    return {"source": t.source, "n_rows": len(t.df), "excluded": t.excluded,
+            "forms": {k: f.to_json() for k, f in result["forms"].items()}, "skipped": result["skipped"],
+            "extrapolation": result["extrapolation"], "optimal": result["optimal"], "warnings": result["warnings"]}
+
+
+def format_tables(result: dict) -> str:
+    lines = []
+    t = result["table"]
+    lines.append(f"{t.source}: {len(t.df)} rows used" + (f"; excluded: {'; '.join(t.excluded)}" if t.excluded else ""))
+    for name, f in result["forms"].items():
+        lines.append("")
+        lines.append(f"{name}: {f.formula}   ({f.n_points} points)")
+        lines.append(f"  {'parameter':<16}{'value':>12}{'95% low':>12}{'95% high':>12}")
+        for p, v in f.params.items():
+            lines.append(f"  {p:<16}{v['value']:>12.4g}{v['ci_low']:>12.4g}{v['ci_high']:>12.4g}")
+        for w in f.warnings:
+            lines.append(f"  warning: {w}")
+    for name, why in result["skipped"].items():
+        lines.append(f"\n{name}: not fitted ({why})")
+    for w in result["warnings"]:
+        lines.append(f"\nwarning: {w}")
+    e = result["extrapolation"]
+    if e:
+        lines.append(f"\nextrapolation: Chinchilla law fitted on {e['n_fit']} runs, predicting {e['holdout']}:")
+        for r in e["rows"]:
+            lines.append(f"  N={r['N']:.3g} D={r['D']:.3g} C={r['C']:.3g}: loss {r['loss']:.4f}, predicted "
+                         f"{r['predicted']:.4f} [{r['predicted_low']:.4f}, {r['predicted_high']:.4f}], "
+                         f"error {100 * r['rel_error']:+.2f}%")
+        lines.append(f"  max |relative error| = {100 * e['max_abs_rel_error']:.2f}%")
+    return "\n".join(lines)
+
+
+def build(results: str | Path, quiet: bool = True, n_boot: int = laws.N_BOOT, fmt: str = "png", holdout_above=None,
+          holdout_top=None, **load_kw) -> dict:
+    """The whole analysis of a results folder (or table file): fit.json, plots/, report.md."""
+    from analysis import plots
+
+    results = Path(results)
+    folder = results if results.is_dir() else results.parent
+    t = load(results, **load_kw)
+    result = fit_all(t, n_boot=n_boot, holdout_above=holdout_above, holdout_top=holdout_top)
+    (folder / "fit.json").write_text(json.dumps(to_json(result), indent=1, default=float))
+    figures = plots.all_figures(result, folder / "plots", fmt)
+    (folder / "report.md").write_text(markdown(result, figures, folder))
+    if not quiet:
+        print(format_tables(result))
+        print(f"\nwrote {folder / 'fit.json'}, {folder / 'report.md'} and {len(figures)} figures in {folder / 'plots'}")
+    return result
+
+
+def markdown(result: dict, figures: list[Path], folder: Path) -> str:
+    t = result["table"]
+    out = [f"# Scaling report: {t.source}", "",
+           (f"{len(t.df)} runs used; N from {t.df['N'].min():.3g} to {t.df['N'].max():.3g} non-embedding "
+           f"parameters, D from {t.df['D'].min():.3g} to {t.df['D'].max():.3g} tokens, C from "
+           f"{t.df['C'].min():.3g} to {t.df['C'].max():.3g} FLOPs (C = 6ND).")]
+    if t.excluded:
+        out += ["", "Excluded: " + "; ".join(t.excluded) + "."]
+    out += ["", "## Fitted laws", "", ("95% intervals from 1,000 bootstrap resamples of runs (200 for the Kaplan and "
+             "data-constrained forms)."), ""]
+    for name, f in result["forms"].items():
+        out += [f"### {name}: `{f.formula}`", "", "| parameter | value | 95% interval |", "|---|---|---|"]
+        out += [f"| {p} | {v['value']:.4g} | [{v['ci_low']:.4g}, {v['ci_high']:.4g}] |" for p, v in f.params.items()]
+        out += [f"\n> warning: {w}" for w in f.warnings] + [""]
+    if result["skipped"]:
+        out += ["Not fitted: " + "; ".join(f"{k} ({v})" for k, v in result["skipped"].items()) + ".", ""]
+    out += [f"> warning: {w}" for w in result["warnings"]]
+    if result["optimal"]:
+        out += ["## Compute-optimal allocation beyond the sweep (Chinchilla fit)", "",
+                "| C (FLOPs) | N_opt | D_opt | tokens / parameter | predicted loss |", "|---|---|---|---|---|"]
+        for r in result["optimal"]:
+            def cell(k, r=r):
+                return f"{r[k]:.3g} [{r.get(k + '_low', math.nan):.3g}, {r.get(k + '_high', math.nan):.3g}]"
+            out.append(f"| {r['C']:.3g} | {cell('N_opt')} | {cell('D_opt')} | {cell('tokens_per_param')} | "
+                       f"{cell('loss')} |")
+        out.append("")
+    e = result["extrapolation"]
+    if e:
+        out += ["## Extrapolation check", "",
+                f"The Chinchilla law refitted on {e['n_fit']} runs predicts {e['holdout']}:", "",
+                "| N | D | C | loss | predicted [95%] | error |", "|---|---|---|---|---|---|"]
+        out += [f"| {r['N']:.3g} | {r['D']:.3g} | {r['C']:.3g} | {r['loss']:.4f} | {r['predicted']:.4f} "
+                f"[{r['predicted_low']:.4f}, {r['predicted_high']:.4f}] | {100 * r['rel_error']:+.2f}% |"
+                for r in e["rows"]]
+        out += ["", f"Largest relative error: **{100 * e['max_abs_rel_error']:.2f}%**.", ""]
+    emergence = folder / "emergence.md"
+    if emergence.exists():
+        out += [emergence.read_text(), ""]
+    if figures:
+        out += ["## Figures", ""] + [f"![{p.stem}]({p.relative_to(folder).as_posix()})" for p in figures]
+    return "\n".join(out) + "\n"

@@ -1,0 +1,127 @@
+"""Run folders -> one tidy table.
+
+`scaling collect RESULTS` reads RESULTS/*/summary.json and metrics.jsonl and writes
+
+runs.csv / runs.parquet, one row per run (every status kept, never dropped silently):
+    run_id, sweep, status     identity and outcome (completed | diverged | interrupted | running | failed)
+    model, n_layers, d_model, n_heads, d_ff, seq_len, vocab     shape ("model" is the ladder name)
+    N                         non-embedding parameters (Kaplan et al.)
+    N_embedding, N_total      token + position embedding parameters; all parameters
+    D                         unique training tokens available to the run (data.unique_tokens)
+    tokens                    tokens seen = steps_done x batch_size x seq_len (bytes)
+    unique_tokens_seen        min(D, tokens)
+    epochs                    tokens / D
+    steps, steps_done         planned and completed optimizer steps
+    target_flops              train.flops when the run length was set by a compute budget (IsoFLOP), else empty
+    C                         6 N tokens, FLOPs (Kaplan et al.; the compute used by the fits)
+    flops_with_attention      (6 N + 12 n_layers seq_len d_model) tokens, FLOPs
+    flops_total_params        6 N_total tokens, FLOPs
+    loss                      final evaluation loss, nats per byte, on the fixed validation set
+    train_loss                mean training loss over the last log interval, nats per byte
+    lr, schedule, batch_size, seed
+    wall_s, tokens_per_s, hardware_flops_per_s, time_to_first_step_s   seconds; tokens/s; FLOP/s; seconds
+    device, platform, jax, corpus_sha256, diverged_at_step, error
+
+curves.parquet, one row per log point per run:
+    run_id, N, D, step, tokens_seen, C (6 N tokens_seen), train_loss, eval_loss, lr, tokens_per_s, elapsed_s
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from scaling.runs import read_summary
+
+RENAME = {"tokens_seen": "tokens", "flops": "C", "final_eval_loss": "loss", "final_train_loss": "train_loss"}
+
+
+def collect(results: str | Path, write: bool = True) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """Return (runs, curves, problems); write the tables into `results` unless write=False."""
+    results = Path(results)
+    if not results.is_dir():
+        raise FileNotFoundError(f"{results} is not a folder of runs")
+    rows, curves, problems = [], [], []
+    for folder in sorted(p for p in results.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if folder.name in ("plots", "reference"):
+            continue
+        s = read_summary(folder)
+        if s is None or "status" not in s:
+            problems.append(f"{folder.name}: no readable summary.json (partial or corrupt run folder); skipped")
+            continue
+        rows.append(_row(folder, s))
+        curves.extend(_curve(folder, s, problems))
+    runs = pd.DataFrame(rows)
+    curve_df = pd.DataFrame(curves)
+    if write and len(runs):
+        runs.to_csv(results / "runs.csv", index=False)
+        runs.to_parquet(results / "runs.parquet", index=False)
+        curve_df.to_parquet(results / "curves.parquet", index=False)
+    return runs, curve_df, problems
+
+
+def _row(folder: Path, s: dict) -> dict:
+    row = {RENAME.get(k, k): v for k, v in s.items() if not isinstance(v, dict)}
+    row["run_id"] = folder.name
+    row["corpus_sha256"] = (s.get("corpus") or {}).get("content_sha256")
+    row["jax"] = (s.get("versions") or {}).get("jax")
+    row["target_flops"] = _target_flops(folder, s)
+    for drop in ("length_source", "flops_per_token", "corpus", "versions"):
+        row.pop(drop, None)
+    return row
+
+
+def _target_flops(folder: Path, s: dict):
+    if s.get("length_source") != "train.flops":
+        return None
+    try:
+        from omegaconf import OmegaConf
+
+        return float(OmegaConf.load(folder / "config.yaml").train.flops)
+    except Exception:  # noqa: BLE001 -- a missing config only loses the budget label
+        return None
+
+
+def _curve(folder: Path, s: dict, problems: list[str]) -> list[dict]:
+    path = folder / "metrics.jsonl"
+    if not path.exists():
+        return []
+    out = []
+    for i, line in enumerate(path.read_text().splitlines()):
+        try:
+            r = json.loads(line)
+        except ValueError:
+            problems.append(f"{folder.name}: metrics.jsonl line {i + 1} is torn; later lines skipped")
+            break
+        out.append({"run_id": folder.name, "N": s.get("N"), "D": s.get("D"), **r,
+                    "C": 6 * s.get("N", 0) * r["tokens_seen"]})
+    return out
+
+
+def summarize(runs: pd.DataFrame) -> str:
+    if not len(runs):
+        return "no runs"
+    counts = runs["status"].value_counts().to_dict()
+    return ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
+
+
+def cli(argv: list[str]) -> int:
+    if len(argv) != 1 or argv[0].startswith("-"):
+        print("usage: scaling collect RESULTS_FOLDER", file=sys.stderr)
+        return 2
+    try:
+        runs, curves, problems = collect(argv[0])
+    except FileNotFoundError as e:
+        print(f"scaling collect: {e}", file=sys.stderr)
+        return 2
+    for p in problems:
+        print(f"warning: {p}", file=sys.stderr)
+    print(f"{argv[0]}: {len(runs)} runs ({summarize(runs)}), {len(curves)} curve points -> runs.csv, "
+          f"runs.parquet, curves.parquet")
+    failed = runs[runs["status"] == "failed"] if len(runs) else runs
+    for _, r in failed.iterrows():
+        print(f"  failed: {r['run_id']}: {r.get('error')}", file=sys.stderr)
+    return 0

@@ -1,0 +1,178 @@
+"""Sweep files -> Hydra multiruns.
+
+A sweep file (YAML) names the results folder, fixed settings and one or more grids; each grid is a Cartesian
+product that Hydra's sweeper expands, and the union of the grids is the sweep:
+
+    name: quick                      # results/<name>/
+    n_boot: 1000                     # bootstrap resamples for the fits at the end (optional)
+    overrides:                       # Hydra overrides applied to every cell (and may pick the launcher)
+      - launcher=joblib
+      - train.batch_size=32
+    grids:
+      - model: [s01, s02, s03]
+        train.tokens: [2.5e5, 1e6]
+
+`scaling sweep FILE [overrides]` validates every cell first (one clear line for a bad cell, before any compute),
+then launches one Hydra multirun per grid (`python -m scaling.app -m ...`), so any Hydra launcher works:
+basic, joblib, submitit_slurm, ray. Finished cells are skipped and interrupted ones resumed by the runs
+themselves (scaling.runs), so relaunching a sweep is always safe. At the end the sweep is collected and
+analysed (scaling.report).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from scaling.config import ConfigError
+
+
+def load_sweep(path: str | Path) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"sweep file {p} does not exist; sweep files live in sweeps/ (e.g. sweeps/quick.yaml)")
+    spec = OmegaConf.to_container(OmegaConf.load(p), resolve=True)
+    if not isinstance(spec, dict) or "grids" not in spec:
+        raise ConfigError(f"{p}: a sweep file needs 'grids:' (a list of key: [values] maps)")
+    spec.setdefault("name", p.stem)
+    spec.setdefault("overrides", [])
+    for i, g in enumerate(spec["grids"]):
+        if not isinstance(g, dict) or not g:
+            raise ConfigError(f"{p}: grids[{i}] must be a map of config key -> list of values")
+        for key, values in g.items():
+            if not isinstance(values, list) or not values:
+                g[key] = [values]
+    return spec
+
+
+def _value(v) -> str:
+    return str(v).lower() if isinstance(v, bool) else ("null" if v is None else str(v))
+
+
+def cells(spec: dict, extra: list[str]) -> list[list[str]]:
+    """Every cell of the sweep as a list of Hydra overrides."""
+    out = []
+    for g in spec["grids"]:
+        keys = list(g)
+        for combo in itertools.product(*(g[k] for k in keys)):
+            out.append([*spec["overrides"], *(f"{k}={_value(v)}" for k, v in zip(keys, combo)),
+                        f"sweep={spec['name']}", *extra])
+    return out
+
+
+def compose(overrides: list[str]):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    from scaling.config import register
+
+    register()
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="scaling.conf", version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=[o for o in overrides if not o.startswith("hydra")])
+
+
+def describe(overrides: list[str]) -> dict:
+    """Compose and validate one cell; return its planned size, length and compute."""
+    from scaling import runs, sizes
+    from scaling.config import validate
+    from scaling.train import resolve_steps, shape_of
+
+    try:
+        cfg = compose(overrides)
+    except Exception as e:  # Hydra's own errors name the bad override
+        raise ConfigError(f"cell {' '.join(overrides)}: {e}") from None
+    try:
+        validate(cfg)
+        shape = shape_of(cfg)
+    except ValueError as e:
+        raise ConfigError(f"cell {' '.join(overrides)}: {e}") from None
+    n = sizes.count_params(shape)["N"]
+    tokens_per_step = cfg.train.batch_size * shape.seq_len
+    steps, _ = resolve_steps(cfg.train, n, tokens_per_step)
+    tokens = steps * tokens_per_step
+    hw = sizes.flops_per_token(shape)["flops_hardware"]
+    status = (runs.read_summary(runs.run_dir(cfg)) or {}).get("status", "new")
+    return {"cfg": cfg, "model": cfg.model.name, "N": n, "D": cfg.data.unique_tokens, "steps": steps,
+            "tokens": tokens, "C": 6 * n * tokens, "hw_flops": hw * tokens, "shape": shape, "status": status}
+
+
+def plan(spec: dict, extra: list[str], measure: bool = True) -> list[dict]:
+    rows = [describe(c) for c in cells(spec, extra)]
+    if measure:
+        from scaling.train import measure_throughput
+
+        rates = {}
+        for r in rows:
+            key = (r["shape"], r["cfg"].train.batch_size)
+            if key not in rates:
+                rates[key] = measure_throughput(r["cfg"])
+            r["est_s"] = r["tokens"] / rates[key] + 8.0  # + start-up, compile and evaluation
+    return rows
+
+
+def print_plan(name: str, rows: list[dict]) -> None:
+    print(f"sweep {name}: {len(rows)} cells")
+    print(f"{'#':>3} {'model':6} {'N':>9} {'D':>9} {'steps':>7} {'tokens':>9} {'C (6ND)':>9} {'est. s':>7}  status")
+    for i, r in enumerate(rows, 1):
+        d = "all" if r["D"] is None else f"{r['D']:.3g}"
+        est = f"{r['est_s']:.0f}" if "est_s" in r else "-"
+        print(f"{i:>3} {r['model']:6} {r['N']:>9.3g} {d:>9} {r['steps']:>7} {r['tokens']:>9.3g} {r['C']:>9.3g} "
+              f"{est:>7}  {r['status']}")
+    todo = [r for r in rows if r["status"] != "completed"]
+    total = sum(r.get("est_s", 0) for r in todo)
+    n_decades = lambda k: __import__("math").log10(max(r[k] for r in rows) / min(r[k] for r in rows))
+    print(f"total: C {sum(r['C'] for r in rows):.3g} FLOPs over {n_decades('C'):.1f} decades of compute and "
+          f"{n_decades('N'):.1f} of N; {len(todo)} to train" + (f", about {total / 60:.0f} min on one process"
+                                                                 if total else ""))
+
+
+def launch(spec: dict, extra: list[str]) -> int:
+    """One Hydra multirun per grid; returns the number of grids whose launch failed."""
+    failures = 0
+    for g in spec["grids"]:
+        sweep_args = [f"{k}={','.join(_value(v) for v in vals)}" for k, vals in g.items()]
+        cmd = [sys.executable, "-m", "scaling.app", "-m", *spec["overrides"], *sweep_args,
+               f"sweep={spec['name']}", *extra]
+        print("+", " ".join(cmd[1:]), flush=True)
+        if subprocess.run(cmd, env=os.environ.copy()).returncode != 0:
+            failures += 1
+    return failures
+
+
+def cli(command: str, argv: list[str]) -> int:
+    if not argv or argv[0].startswith("-"):
+        print(f"usage: scaling {command} SWEEP.yaml [hydra overrides]", file=sys.stderr)
+        return 2
+    try:
+        spec = load_sweep(argv[0])
+        rows = plan(spec, argv[1:], measure=command == "plan")
+    except ConfigError as e:
+        print(f"scaling {command}: config error: {e}", file=sys.stderr)
+        return 2
+    if command == "plan":
+        print_plan(spec["name"], rows)
+        return 0
+    t0 = time.time()
+    results = Path(rows[0]["cfg"].results_dir) / spec["name"]
+    todo = sum(r["status"] != "completed" for r in rows)
+    print(f"sweep {spec['name']}: {len(rows)} cells, {len(rows) - todo} already completed, {todo} to run "
+          f"-> {results}", flush=True)
+    failures = launch(spec, argv[1:]) if todo else 0
+    from scaling import collect
+
+    runs, _, problems = collect.collect(results)
+    for p in problems:
+        print(f"warning: {p}", file=sys.stderr)
+    print(f"sweep {spec['name']}: {collect.summarize(runs)} in {time.time() - t0:.0f} s", flush=True)
+    from analysis import report
+
+    report.build(results, quiet=False, n_boot=int(spec.get("n_boot", 1000)))
+    return 1 if failures else 0

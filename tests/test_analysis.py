@@ -1,0 +1,179 @@
+"""The fits recover known laws, their intervals cover the truth, and published fits are reproduced."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis import isoflop, laws, lse, report
+from analysis.table import TableError, from_frame, load
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+TRUE = {"E": 1.69, "A": 406.4, "alpha": 0.34, "B": 410.7, "beta": 0.28}  # Hoffmann et al. (2022)
+
+
+def chinchilla_table(noise=0.005, seed=0, n_sizes=7, n_tokens=7):
+    rng = np.random.default_rng(seed)
+    N, D = np.meshgrid(np.geomspace(1e6, 1e9, n_sizes), np.geomspace(1e8, 1e11, n_tokens))
+    N, D = N.ravel(), D.ravel()
+    loss = (TRUE["E"] + TRUE["A"] / N ** TRUE["alpha"] + TRUE["B"] / D ** TRUE["beta"]) * \
+        np.exp(noise * rng.standard_normal(len(N)))
+    return from_frame(pd.DataFrame({"N": N, "D": D, "loss": loss}))
+
+
+def test_chinchilla_recovers_known_parameters():
+    fit = laws.chinchilla(chinchilla_table(), n_boot=100)
+    for k, v in TRUE.items():
+        p = fit.params[k]
+        assert p["ci_low"] <= v <= p["ci_high"], (k, p)
+    assert fit.value("alpha") == pytest.approx(0.34, abs=0.03)
+    assert fit.value("beta") == pytest.approx(0.28, abs=0.03)
+    a = TRUE["beta"] / (TRUE["alpha"] + TRUE["beta"])
+    assert fit.value("a") == pytest.approx(a, abs=0.03)
+
+
+def test_fast_method_reaches_the_full_grid_optimum():
+    t = chinchilla_table(noise=0.02, seed=3, n_sizes=5, n_tokens=5)
+    logx, y = np.log(t.df[["N", "D"]].to_numpy()), np.log(t.df["loss"].to_numpy())
+    starts = lse.grid(laws.A_GRID, laws.ALPHA_GRID, laws.E_GRID, 2, True)
+    assert starts.shape == (4500, 5)
+    fast = lse.fit(logx, y, starts, 2, True, method="fast")
+    full = lse.fit(logx, y, starts, 2, True, method="full")
+    assert fast[1] <= full[1] + 1e-12
+    np.testing.assert_allclose(fast[0], full[0], rtol=1e-4, atol=1e-4)
+
+
+def test_objective_gradient_matches_finite_differences():
+    t = chinchilla_table()
+    logx, y = np.log(t.df[["N", "D"]].to_numpy()), np.log(t.df["loss"].to_numpy())
+    w = np.random.default_rng(0).integers(0, 3, len(y)).astype(float)
+    theta = np.array([6.0, 6.0, 0.3, 0.3, 0.5])
+    _, g = lse.objective(theta, logx, y, w, 2, True, 1e-3)
+    eps = 1e-6
+    num = [(lse.objective(theta + eps * e, logx, y, w, 2, True, 1e-3)[0] -
+            lse.objective(theta - eps * e, logx, y, w, 2, True, 1e-3)[0]) / (2 * eps) for e in np.eye(5)]
+    np.testing.assert_allclose(g, num, rtol=1e-5, atol=1e-9)
+
+
+def test_single_variable_intervals_cover_the_truth_at_about_the_nominal_rate():
+    rng = np.random.default_rng(0)
+    x = np.geomspace(1e4, 1e8, 25)
+    covered, trials = 0, 40
+    for i in range(trials):
+        y = (2.0 + 300 * x ** -0.4) * np.exp(0.01 * rng.standard_normal(len(x)))
+        t = from_frame(pd.DataFrame({"N": x, "D": x, "loss": y}))
+        fit = laws.single(t, "N", n_boot=100, seed=i)
+        p = fit.params["alpha"]
+        covered += p["ci_low"] <= 0.4 <= p["ci_high"]
+    assert 0.82 <= covered / trials <= 1.0  # nominal 0.95; 3 binomial standard errors below
+
+
+def test_kaplan_forms_recover_their_exponents():
+    rng = np.random.default_rng(1)
+    N, D = np.meshgrid(np.geomspace(1e5, 1e8, 6), np.geomspace(1e7, 1e10, 6))
+    N, D = N.ravel(), D.ravel()
+    loss = ((8.8e13 / N) ** (0.076 / 0.095) + 5.4e13 / D) ** 0.095 * np.exp(0.002 * rng.standard_normal(len(N)))
+    fit = laws.kaplan_nd(from_frame(pd.DataFrame({"N": N, "D": D, "loss": loss})), n_boot=20)
+    assert fit.value("alpha_N") == pytest.approx(0.076, abs=0.01)
+    assert fit.value("alpha_D") == pytest.approx(0.095, abs=0.01)
+    S = D / 1e4
+    loss = (8.8e13 / N) ** 0.076 + (2.1e3 / S) ** 0.76
+    fit = laws.kaplan_ns(from_frame(pd.DataFrame({"N": N, "D": D, "steps": S, "loss": loss})), n_boot=20)
+    assert fit.value("alpha_S") == pytest.approx(0.76, abs=0.02)
+
+
+def test_isoflop_recovers_the_allocation_exponent():
+    rows = []
+    for C in (1e18, 1e19, 1e20, 1e21):
+        n_opt = (TRUE["alpha"] * TRUE["A"] / (TRUE["beta"] * TRUE["B"])) ** (1 / 0.62) * (C / 6) ** (0.28 / 0.62)
+        for N in n_opt * np.geomspace(0.2, 5, 9):
+            D = C / (6 * N)
+            rows.append({"N": N, "D": D, "budget": C,
+                         "loss": TRUE["E"] + TRUE["A"] / N ** 0.34 + TRUE["B"] / D ** 0.28})
+    fit, minima = isoflop.approach2(from_frame(pd.DataFrame(rows)), n_boot=50)
+    assert fit.value("a") == pytest.approx(0.28 / 0.62, abs=0.02)
+    assert fit.value("b") == pytest.approx(0.34 / 0.62, abs=0.02)
+    assert len(minima) == 4
+
+
+def test_isoflop_drops_budgets_with_an_edge_minimum():
+    rows = []
+    for C, centre in ((1e18, 1e8), (1e19, 3e8), (1e20, 1e9), (1e21, 1e12)):  # last one: minimum off the grid
+        for N in np.geomspace(1e7, 1e10, 7):
+            rows.append({"N": N, "C": C, "loss": 2 + 0.1 * np.log(N / centre) ** 2})
+    fit, minima = isoflop.approach2(from_frame(pd.DataFrame(rows)), n_boot=10)
+    assert len(minima) == 3 and any("edge" in w for w in fit.warnings)
+
+
+@pytest.mark.skipif(not SHARED.exists(), reason="shared/data not beside the checkout")
+def test_published_li2025_fit_is_reproduced():
+    # Li et al. (2025) report E=1.808, A=51.36, B=4.678e5, alpha=0.2002, beta=0.6357 (all 261 last checkpoints).
+    t = load(SHARED / "li2025_misfitting_scaling_results_last_ckpt_only.csv", loss="C4 Eval Loss")
+    fit = laws.chinchilla(t, n_boot=0)
+    assert fit.value("E") == pytest.approx(1.808, rel=2e-3)
+    assert fit.value("A") == pytest.approx(51.36, rel=5e-3)
+    assert fit.value("B") == pytest.approx(4.678e5, rel=5e-3)
+    assert fit.value("alpha") == pytest.approx(0.2002, abs=5e-4)
+    assert fit.value("beta") == pytest.approx(0.6357, abs=5e-4)
+
+
+@pytest.mark.skipif(not SHARED.exists(), reason="shared/data not beside the checkout")
+def test_published_llama3_isoflop_exponent():
+    # Llama 3 reports D*(C) = 0.29 C^0.53 from these IsoFLOP curves.
+    raw = pd.read_csv(SHARED / "llama3_isoflops_points_digitized.csv")
+    raw["N"] = raw["compute_budget"] / (6 * raw["training_tokens"])
+    t = from_frame(raw, c="compute_budget", d="training_tokens", loss="validation_loss", budget="compute_budget")
+    fit, _ = isoflop.approach2(t, n_boot=100)
+    assert fit.value("b") == pytest.approx(0.53, abs=0.03)
+    assert fit.params["b"]["ci_low"] < 0.53 < fit.params["b"]["ci_high"]
+
+
+def test_table_mapping_and_errors(tmp_path):
+    df = pd.DataFrame({"Model Size": [1e6, 2e6, 4e6], "Training FLOP": [6e12, 2.4e13, 9.6e13],
+                       "loss": [3.0, 2.8, np.nan], "status": ["completed", "completed", "completed"]})
+    path = tmp_path / "pub.csv"
+    df.to_csv(path, index=False)
+    t = load(path, n="Model Size", c="Training FLOP")
+    assert len(t.df) == 2 and t.df["D"].iloc[0] == pytest.approx(1e6)  # D = C / (6N)
+    assert any("non-finite" in e for e in t.excluded)
+    with pytest.raises(TableError, match="column 'Params' .* not in the table"):
+        load(path, n="Params")
+    with pytest.raises(TableError, match="needs D .* or C"):
+        from_frame(pd.DataFrame({"N": [1.0], "loss": [2.0]}))
+    failed = df.assign(status=["completed", "diverged", "failed"])
+    t = from_frame(failed, n="Model Size", c="Training FLOP")
+    assert len(t.df) == 1 and any("'diverged'" in e for e in t.excluded)
+
+
+def test_report_on_synthetic_table_and_cli(tmp_path):
+    t = chinchilla_table(noise=0.003)
+    t.df.assign(C=6 * t.df["N"] * t.df["D"], status="completed").to_csv(tmp_path / "runs.csv", index=False)
+    result = report.build(tmp_path, n_boot=30)
+    doc = json.loads((tmp_path / "fit.json").read_text())
+    assert {"chinchilla", "L(N)", "L(D)", "L(C)", "frontier"} <= set(doc["forms"])
+    p = doc["forms"]["chinchilla"]["params"]["alpha"]
+    assert p["ci_low"] <= p["value"] <= p["ci_high"]
+    assert result["extrapolation"]["max_abs_rel_error"] < 0.02
+    assert (tmp_path / "report.md").read_text().count("![") >= 4
+    assert (tmp_path / "plots" / "loss_vs_C.png").stat().st_size > 10_000
+    r = subprocess.run([sys.executable, "-m", "scaling.cli", "predict", str(tmp_path), "--flops", "1e22",
+                        "--n-boot", "30"], capture_output=True, text=True)
+    assert r.returncode == 0 and "N_opt" in r.stdout and "tokens/param" in r.stdout, r.stderr
+    r = subprocess.run([sys.executable, "-m", "scaling.cli", "fit", str(tmp_path), "--json", "--n-boot", "20"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and json.loads(r.stdout)["forms"]["chinchilla"]["params"]["beta"]["value"] > 0
+    r = subprocess.run([sys.executable, "-m", "scaling.cli", "fit", str(tmp_path / "missing.csv")],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "no such file" in r.stderr
+
+
+def test_analysis_imports_no_jax_or_training_code():
+    code = ("import sys, analysis.report, analysis.cli, analysis.plots; "
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('jax', 'flax', 'optax') or "
+            "m.startswith('scaling.train')]; print(bad); sys.exit(bool(bad))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr

@@ -1,0 +1,85 @@
+"""Sweeps end to end through real Hydra launchers: basic and joblib; kill -9 and relaunch."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+TINY = ["model.seq_len=32", "train.batch_size=8", "train.steps_per_dispatch=4", "train.n_evals=4",
+        "data.eval_windows=32", "train.progress=log"]
+
+
+def write_sweep(tmp_path: Path, name: str, steps: list[int], launcher: str = "basic") -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(
+        f"name: {name}\nn_boot: 20\noverrides: [launcher={launcher}, {', '.join(TINY)}]\n"
+        f"grids:\n  - model: [s01, s02]\n    train.steps: [{', '.join(map(str, steps))}]\n")
+    return path
+
+
+def scaling(*args, tmp_path, **kw):
+    env = os.environ.copy()
+    return subprocess.run([sys.executable, "-m", "scaling.cli", *args, f"results_dir={tmp_path / 'results'}",
+                           f"data.cache_dir={os.environ['SCALING_CACHE']}"], capture_output=True, text=True,
+                          env=env, **kw)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["basic", "joblib"])
+def test_tiny_sweep_runs_collects_and_relaunches_in_seconds(tmp_path, cache_dir, launcher):
+    sweep = write_sweep(tmp_path, f"tiny_{launcher}", [16, 32], launcher)
+    r = scaling("sweep", str(sweep), tmp_path=tmp_path)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    results = tmp_path / "results" / f"tiny_{launcher}"
+    runs = pd.read_csv(results / "runs.csv")
+    assert len(runs) == 4 and set(runs["status"]) == {"completed"}
+    assert set(runs["steps"]) == {16, 32} and runs["run_id"].is_unique
+    curves = pd.read_parquet(results / "curves.parquet")
+    assert set(curves["run_id"]) == set(runs["run_id"])
+    assert (results / "report.md").exists() and (results / "fit.json").exists()
+    if launcher == "joblib":
+        assert "pinned to cores" in r.stderr + r.stdout
+    t0 = time.time()
+    again = scaling("sweep", str(sweep), tmp_path=tmp_path)
+    assert again.returncode == 0 and "4 already completed, 0 to run" in again.stdout
+    assert time.time() - t0 < 60
+    assert (pd.read_csv(results / "runs.csv")["wall_s"] == runs["wall_s"]).all()
+
+
+@pytest.mark.slow
+def test_kill_minus_9_then_relaunch_resumes(tmp_path, cache_dir):
+    sweep = write_sweep(tmp_path, "killed", [200])
+    results = tmp_path / "results" / "killed"
+    cmd = [sys.executable, "-m", "scaling.cli", "sweep", str(sweep), f"results_dir={tmp_path / 'results'}",
+           f"data.cache_dir={os.environ['SCALING_CACHE']}", "train.checkpoint_every_steps=8"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline:  # wait for one finished run and a checkpoint in the next one
+            summaries = [json.loads(p.read_text()) for p in results.glob("*/summary.json")]
+            done = [s for s in summaries if s["status"] == "completed"]
+            ckpts = [p for p in results.glob("*/ckpt/*") if p.name.isdigit()]
+            if done and any(s["status"] == "running" for s in summaries) and \
+                    any(c.parent.parent.name != d["run_id"] for c in ckpts for d in done):
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail("the sweep never reached a completed run plus a checkpointed running one")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finished = {s["run_id"]: s["wall_s"] for s in done}
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    runs = pd.read_csv(results / "runs.csv")
+    assert len(runs) == 2 and set(runs["status"]) == {"completed"}
+    for run_id, wall in finished.items():  # never retrained
+        assert runs.set_index("run_id").loc[run_id, "wall_s"] == wall
+    resumed = runs[~runs["run_id"].isin(finished)]
+    assert resumed["resumed_from_step"].iloc[0] >= 8
