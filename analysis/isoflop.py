@@ -113,8 +113,11 @@ def approach2(t: Table, how: str = "parabola", n_boot: int = 1000, seed: int = 0
 def frontier(t: Table, n_bins: int = 12) -> pd.DataFrame:
     """The lowest-loss point per log-spaced compute bin, from learning curves when available."""
     if t.curves is not None and len(t.curves):
-        pts = t.curves.rename(columns={"eval_loss": "loss", "tokens_seen": "D"})[["N", "D", "C", "loss"]]
-        pts = pts[pts["run_id"].isin(t.df["run_id"])] if "run_id" in t.curves and "run_id" in t.df else pts
+        c = t.curves
+        pts = pd.DataFrame({"N": c["N"], "D": c["tokens_seen"], "C": c["C"], "loss": c["eval_loss"],
+                            "run_id": c["run_id"]})
+        if "run_id" in t.df:  # only the runs that passed the table's filters
+            pts = pts[pts["run_id"].isin(t.df["run_id"])]
     else:
         pts = t.df[["N", "D", "C", "loss"]]
     pts = pts[np.isfinite(pts["loss"]) & (pts["C"] > 0)]

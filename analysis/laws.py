@@ -60,7 +60,8 @@ def _summarise(values: dict, samples: dict) -> dict:
 
 
 def _correlations(samples: dict, names: list[str]) -> dict:
-    m = np.column_stack([samples[n] for n in names])
+    with np.errstate(divide="ignore", over="ignore"):  # log scale: coefficients span decades
+        m = np.log(np.abs(np.column_stack([samples[n] for n in names])))
     ok = np.isfinite(m).all(1)
     if ok.sum() < 3:
         return {}
@@ -97,8 +98,9 @@ def chinchilla(t: Table, n_boot: int = N_BOOT, seed: int = 0, method: str = "fas
 
     def natural(th):
         th = np.atleast_2d(th)
-        return {"E": np.exp(th[:, 4]), "A": np.exp(th[:, 0]), "alpha": th[:, 2], "B": np.exp(th[:, 1]),
-                "beta": th[:, 3]}
+        with np.errstate(over="ignore"):  # a resample may run a coefficient off to infinity: kept as inf
+            return {"E": np.exp(th[:, 4]), "A": np.exp(th[:, 0]), "alpha": th[:, 2], "B": np.exp(th[:, 1]),
+                    "beta": th[:, 3]}
 
     point = {k: v[0] for k, v in natural(theta).items()}
     samples = natural(boot) if boot is not None else {}

@@ -13,6 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.colors import LogNorm
+from matplotlib.ticker import NullFormatter, ScalarFormatter
 
 from analysis import laws
 
@@ -24,6 +25,15 @@ LABELS = {"N": "N, non-embedding parameters", "D": "D, training tokens", "C": "C
 def _size_colors(values):
     norm = LogNorm(vmin=min(values), vmax=max(values) * 1.0001)
     return plt.get_cmap("viridis"), norm
+
+
+def _tidy(ax, loss_axis: bool = True):
+    """Plain numbers on a log loss axis, no crowded minor labels on a log x axis, a light grid."""
+    if loss_axis and ax.get_yscale() == "log":
+        ax.yaxis.set_major_formatter(ScalarFormatter())
+        ax.yaxis.set_minor_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.grid(True, which="both", alpha=0.3)
 
 
 def _colorbar(fig, ax, cmap, norm):
@@ -43,7 +53,7 @@ def loss_curves(t) -> plt.Figure | None:
     ax.set(xscale="log", yscale="log", xlabel=LABELS["tokens_seen"], ylabel="eval " + LOSS,
            title="Learning curves")
     _colorbar(fig, ax, cmap, norm)
-    ax.grid(True, which="both", alpha=0.3)
+    _tidy(ax)
     return fig
 
 
@@ -62,7 +72,8 @@ def loss_vs(result: dict, x: str) -> plt.Figure:
                 label=f"envelope fit: {p['E']:.3g} + {p['A']:.3g}·{x}^-{p['alpha']:.3f}")
         if f.samples:
             s = f.samples
-            band = s["E"][:, None] + s["A"][:, None] * grid[None] ** -s["alpha"][:, None]
+            with np.errstate(all="ignore"):
+                band = s["E"][:, None] + s["A"][:, None] * grid[None] ** -s["alpha"][:, None]
             lo, hi = np.nanpercentile(band, [2.5, 97.5], axis=0)
             ax.fill_between(grid, lo, hi, color="k", alpha=0.12, label="95% band")
     chin = result["forms"].get("chinchilla")
@@ -73,7 +84,7 @@ def loss_vs(result: dict, x: str) -> plt.Figure:
     ax.set(xscale="log", yscale="log", xlabel=LABELS[x], ylabel=LOSS, title=f"Loss against {x}")
     _colorbar(fig, ax, cmap, norm)
     ax.legend(fontsize=8)
-    ax.grid(True, which="both", alpha=0.3)
+    _tidy(ax)
     return fig
 
 
@@ -85,7 +96,7 @@ def isoflop_profiles(result: dict) -> plt.Figure | None:
     df = result["table"].df.copy()
     df = df[df["budget"].notna()] if "budget" in df else df
     df["b"] = budgets(df)
-    minima = result["extra"]["isoflop_parabola"][1]
+    minima = result["extra"]["isoflop_parabola"]
     fig, ax = plt.subplots(figsize=(7, 4.5))
     cmap = plt.get_cmap("plasma")
     bs = sorted(df["b"].unique())
@@ -101,7 +112,7 @@ def isoflop_profiles(result: dict) -> plt.Figure | None:
         ax.axvline(r["N_opt"], color="gray", lw=0.5, ls=":")
     ax.set(xscale="log", xlabel=LABELS["N"], ylabel=LOSS, title="IsoFLOP profiles (dotted: fitted minima)")
     ax.legend(fontsize=8)
-    ax.grid(True, which="both", alpha=0.3)
+    _tidy(ax)
     return fig
 
 
@@ -120,16 +131,16 @@ def optimal_allocation(result: dict) -> plt.Figure | None:
             lo, hi = np.nanpercentile(band[key], [2.5, 97.5], axis=1)
             ax.fill_between(C, lo, hi, color="k", alpha=0.12)
         if "frontier" in result["extra"]:
-            f = result["extra"]["frontier"][1]
+            f = result["extra"]["frontier"]
             ax.scatter(f["C"], f["N" if key == "N_opt" else "D"], color="tab:orange", s=18,
                        label="compute frontier (Approach 1)", zorder=3)
         if "isoflop_parabola" in result["extra"]:
-            m = result["extra"]["isoflop_parabola"][1]
+            m = result["extra"]["isoflop_parabola"]
             ax.scatter(m["C"], m[key], color="tab:blue", marker="s", s=24, label="IsoFLOP minima (Approach 2)",
                        zorder=3)
         ax.axvspan(df["C"].min(), df["C"].max(), color="tab:green", alpha=0.07, label="sweep range")
         ax.set(xscale="log", yscale="log", xlabel=LABELS["C"], ylabel=label, title=f"Compute-optimal {key}")
-        ax.grid(True, which="both", alpha=0.3)
+        _tidy(ax, loss_axis=False)
         ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
@@ -154,7 +165,7 @@ def residuals(result: dict) -> plt.Figure | None:
            title="Joint-law residuals")
     _colorbar(fig, ax, cmap, norm)
     ax.legend(fontsize=8)
-    ax.grid(True, which="both", alpha=0.3)
+    _tidy(ax)
     return fig
 
 

@@ -62,7 +62,8 @@ def extrapolation(t: Table, above_flops=None, top_k=None, n_boot: int = 200, see
     rows = []
     for i, r in held.iterrows():
         s = fit.samples
-        band = s["E"] + s["A"] / r["N"] ** s["alpha"] + s["B"] / r["D"] ** s["beta"] if s else None
+        with np.errstate(all="ignore"):
+            band = s["E"] + s["A"] / r["N"] ** s["alpha"] + s["B"] / r["D"] ** s["beta"] if s else None
         lo, hi = lse.interval(band) if band is not None else (math.nan, math.nan)
         rows.append({"N": r["N"], "D": r["D"], "C": r["C"], "loss": r["loss"], "predicted": float(pred[i]),
                      "predicted_low": lo, "predicted_high": hi,

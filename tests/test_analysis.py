@@ -26,22 +26,25 @@ def chinchilla_table(noise=0.005, seed=0, n_sizes=7, n_tokens=7):
 
 
 def test_chinchilla_recovers_known_parameters():
-    fit = laws.chinchilla(chinchilla_table(), n_boot=100)
-    for k, v in TRUE.items():
-        p = fit.params[k]
-        assert p["ci_low"] <= v <= p["ci_high"], (k, p)
-    assert fit.value("alpha") == pytest.approx(0.34, abs=0.03)
-    assert fit.value("beta") == pytest.approx(0.28, abs=0.03)
-    a = TRUE["beta"] / (TRUE["alpha"] + TRUE["beta"])
-    assert fit.value("a") == pytest.approx(a, abs=0.03)
+    covered = {k: 0 for k in TRUE}
+    for seed in range(4):
+        fit = laws.chinchilla(chinchilla_table(seed=seed), n_boot=100, seed=seed)
+        assert fit.value("E") == pytest.approx(TRUE["E"], abs=0.1)
+        assert fit.value("alpha") == pytest.approx(TRUE["alpha"], abs=0.02)
+        assert fit.value("beta") == pytest.approx(TRUE["beta"], abs=0.02)
+        assert fit.value("a") == pytest.approx(TRUE["beta"] / (TRUE["alpha"] + TRUE["beta"]), abs=0.02)
+        for k, v in TRUE.items():
+            covered[k] += fit.params[k]["ci_low"] <= v <= fit.params[k]["ci_high"]
+    assert all(c >= 3 for c in covered.values()), covered  # 95% intervals: 3 of 4 draws at the least
 
 
 def test_fast_method_reaches_the_full_grid_optimum():
     t = chinchilla_table(noise=0.02, seed=3, n_sizes=5, n_tokens=5)
     logx, y = np.log(t.df[["N", "D"]].to_numpy()), np.log(t.df["loss"].to_numpy())
-    starts = lse.grid(laws.A_GRID, laws.ALPHA_GRID, laws.E_GRID, 2, True)
-    assert starts.shape == (4500, 5)
-    fast = lse.fit(logx, y, starts, 2, True, method="fast")
+    assert lse.grid(laws.A_GRID, laws.ALPHA_GRID, laws.E_GRID, 2, True).shape == (4500, 5)
+    # L-BFGS-B from all 4,500 starts takes minutes; a 243-start sub-grid checks the same mechanism.
+    starts = lse.grid(np.array([0.0, 10, 20]), np.array([0.0, 1, 2]), np.array([-1.0, 0, 1]), 2, True)
+    fast = lse.fit(logx, y, starts, 2, True, method="fast", refine=5)
     full = lse.fit(logx, y, starts, 2, True, method="full")
     assert fast[1] <= full[1] + 1e-12
     np.testing.assert_allclose(fast[0], full[0], rtol=1e-4, atol=1e-4)
