@@ -24,7 +24,10 @@ def _parser(command: str) -> argparse.ArgumentParser:
     g.add_argument("--best-per", metavar="COLS", help="keep the lowest-loss row per these standard columns, "
                    "comma-separated (e.g. N,D to keep the best learning rate)")
     g.add_argument("--where", metavar="QUERY", help="pandas query on the raw table, e.g. 'N < 1.25e9'")
-    p.add_argument("--n-boot", type=int, default=laws.N_BOOT, help="bootstrap resamples (default 1000)")
+    if command == "plot":  # figures in seconds: point fits, bands only when resamples are asked for
+        p.add_argument("--n-boot", type=int, default=0, help="bootstrap resamples for the bands (default 0)")
+    else:
+        p.add_argument("--n-boot", type=int, default=laws.N_BOOT, help="bootstrap resamples (default 1000)")
     if command in ("fit", "report"):
         p.add_argument("--holdout-above-flops", type=float, help="extrapolation check: fit below this C")
         p.add_argument("--holdout-top", type=int, help="extrapolation check: hold out the k largest-C runs")
@@ -58,6 +61,7 @@ def main(command: str, argv: list[str]) -> int:
     try:
         if command in ("plot", "report"):
             report.build(args.results, quiet=command == "plot", n_boot=args.n_boot, fmt=args.format,
+                         figures_only=command == "plot",
                          holdout_above=args.holdout_above_flops if command == "report" else None,
                          holdout_top=args.holdout_top if command == "report" else None, **_load_kwargs(args))
             folder = _out_folder(args.results)

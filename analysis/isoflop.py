@@ -94,7 +94,7 @@ def approach2(t: Table, how: str = "parabola", n_boot: int = 1000, seed: int = 0
         if len(m) >= 2:
             cc = np.array(sorted(m))
             boots.append(_fit_exponents(cc, np.array([m[c] for c in cc])))
-    boots = np.array(boots)
+    boots = np.array(boots).reshape(-1, 4)
     names = ["a", "k_N", "b", "k_D"]
     params = {}
     for i, n in enumerate(names):
@@ -147,7 +147,7 @@ def approach1(t: Table, n_boot: int = 1000, seed: int = 0) -> tuple[Fit, pd.Data
         idx = rng.integers(0, len(C), len(C))
         if len(np.unique(C[idx])) >= 2 and len(np.unique(N[idx])) >= 2:
             boots.append(solve(idx))
-    boots = np.array(boots)
+    boots = np.array(boots).reshape(-1, 4)
     names = ["a", "k_N", "b", "k_D"]
     params = {n: {"value": float(point[i]), "ci_low": lse.interval(boots[:, i])[0],
                   "ci_high": lse.interval(boots[:, i])[1]} for i, n in enumerate(names)}

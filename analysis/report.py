@@ -131,12 +131,12 @@ def fit_all(t: Table, n_boot: int = laws.N_BOOT, seed: int = 0, holdout_above=No
     extrap = _safe(skipped, "extrapolation", extrapolation, t, holdout_above, holdout_top, n_boot=min(n_boot, 200),
                    seed=seed)
     return {"table": t, "forms": forms, "skipped": skipped, "extra": extra, "optimal": optimal,
-            "extrapolation": extrap, "warnings": warnings}
+            "extrapolation": extrap, "warnings": warnings, "n_boot": n_boot}
 
 
 def to_json(result: dict) -> dict:
     t = result["table"]
-    return {"source": t.source, "n_rows": len(t.df), "excluded": t.excluded,
+    return {"source": t.source, "n_rows": len(t.df), "n_boot": result["n_boot"], "excluded": t.excluded,
             "forms": {k: f.to_json() for k, f in result["forms"].items()}, "skipped": result["skipped"],
             "extrapolation": result["extrapolation"], "optimal": result["optimal"], "warnings": result["warnings"]}
 
@@ -169,16 +169,19 @@ def format_tables(result: dict) -> str:
 
 
 def build(results: str | Path, quiet: bool = True, n_boot: int = laws.N_BOOT, fmt: str = "png", holdout_above=None,
-          holdout_top=None, **load_kw) -> dict:
-    """The whole analysis of a results folder (or table file): fit.json, plots/, report.md."""
+          holdout_top=None, figures_only: bool = False, **load_kw) -> dict:
+    """The whole analysis of a results folder (or table file): fit.json, plots/, report.md (only the figures
+    with figures_only)."""
     from analysis import plots
 
     results = Path(results)
     folder = results if results.is_dir() else results.parent
     t = load(results, **load_kw)
     result = fit_all(t, n_boot=n_boot, holdout_above=holdout_above, holdout_top=holdout_top)
-    (folder / "fit.json").write_text(json.dumps(to_json(result), indent=1, default=float))
     figures = plots.all_figures(result, folder / "plots", fmt)
+    if figures_only:
+        return result
+    (folder / "fit.json").write_text(json.dumps(to_json(result), indent=1, default=float))
     (folder / "report.md").write_text(markdown(result, figures, folder))
     if not quiet:
         print(format_tables(result))
@@ -194,8 +197,9 @@ def markdown(result: dict, figures: list[Path], folder: Path) -> str:
            f"{t.df['C'].min():.3g} to {t.df['C'].max():.3g} FLOPs (C = 6ND).")]
     if t.excluded:
         out += ["", "Excluded: " + "; ".join(t.excluded) + "."]
-    out += ["", "## Fitted laws", "", ("95% intervals from 1,000 bootstrap resamples of runs (200 for the Kaplan and "
-             "data-constrained forms)."), ""]
+    n = result["n_boot"]
+    out += ["", "## Fitted laws", "", (f"95% intervals from {n:,} bootstrap resamples of runs ({min(n, 200):,} for "
+                                       "the Kaplan and data-constrained forms and the extrapolation check)."), ""]
     for name, f in result["forms"].items():
         out += [f"### {name}: `{f.formula}`", "", "| parameter | value | 95% interval |", "|---|---|---|"]
         out += [f"| {p} | {v['value']:.4g} | [{v['ci_low']:.4g}, {v['ci_high']:.4g}] |" for p, v in f.params.items()]

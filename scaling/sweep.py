@@ -87,7 +87,7 @@ def describe(overrides: list[str]) -> dict:
 
     try:
         cfg = compose(overrides)
-    except Exception as e:  # Hydra's own errors name the bad override
+    except Exception as e:  # noqa: BLE001 -- Hydra raises several kinds; each names the bad override
         raise ConfigError(f"cell {' '.join(overrides)}: {e}") from None
     try:
         validate(cfg)
@@ -142,7 +142,7 @@ def launch(spec: dict, extra: list[str]) -> int:
         cmd = [sys.executable, "-m", "scaling.app", "-m", *spec["overrides"], *sweep_args,
                f"sweep={spec['name']}", *extra]
         print("+", " ".join(cmd[1:]), flush=True)
-        if subprocess.run(cmd, env=os.environ.copy()).returncode != 0:
+        if subprocess.run(cmd, check=False, env=os.environ.copy()).returncode != 0:
             failures += 1
     return failures
 

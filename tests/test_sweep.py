@@ -26,7 +26,7 @@ def write_sweep(tmp_path: Path, name: str, steps: list[int], launcher: str = "ba
 def scaling(*args, tmp_path, **kw):
     env = os.environ.copy()
     return subprocess.run([sys.executable, "-m", "scaling.cli", *args, f"results_dir={tmp_path / 'results'}",
-                           f"data.cache_dir={os.environ['SCALING_CACHE']}"], capture_output=True, text=True,
+                           f"data.cache_dir={os.environ['SCALING_CACHE']}"], check=False, capture_output=True, text=True,
                           env=env, **kw)
 
 
@@ -75,7 +75,7 @@ def test_kill_minus_9_then_relaunch_resumes(tmp_path, cache_dir):
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     finished = {s["run_id"]: s["wall_s"] for s in done}
-    r = subprocess.run(cmd, capture_output=True, text=True)
+    r = subprocess.run(cmd, check=False, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
     runs = pd.read_csv(results / "runs.csv")
     assert len(runs) == 2 and set(runs["status"]) == {"completed"}

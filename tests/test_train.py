@@ -95,11 +95,11 @@ def test_config_errors_name_the_field(make_cfg, override, message):
 
 def test_cli_config_error_is_one_line(tmp_path):
     r = subprocess.run([sys.executable, "-m", "scaling.cli", "train", "train.steps=-1",
-                        f"results_dir={tmp_path}"], capture_output=True, text=True)
+                        f"results_dir={tmp_path}"], check=False, capture_output=True, text=True)
     assert r.returncode == 2
     assert r.stderr.strip().splitlines()[-1] == \
         "scaling: config error: train.steps must be a positive integer, got -1"
-    r = subprocess.run([sys.executable, "-m", "scaling.cli", "train", "model=s99"], capture_output=True,
+    r = subprocess.run([sys.executable, "-m", "scaling.cli", "train", "model=s99"], check=False, capture_output=True,
                        text=True)
     assert r.returncode != 0 and "s99" in r.stderr and "s01" in r.stderr
 
