@@ -41,8 +41,11 @@ def profile_minimum(logn: np.ndarray, loss: np.ndarray, how: str = "parabola") -
     """log N at the minimum of one IsoFLOP profile, or None if the minimum is not inside the sampled range."""
     if len(logn) < 3:
         return None
-    order = np.argsort(logn)
-    logn, loss = logn[order], loss[order]
+    # A bootstrap resample repeats points: average repeats so both methods see distinct, increasing log N.
+    logn, inverse = np.unique(logn, return_inverse=True)
+    loss = np.bincount(inverse, weights=loss) / np.bincount(inverse)
+    if len(logn) < 3:
+        return None
     if how == "parabola":
         c2, c1, _ = np.polyfit(logn, loss, 2)
         if c2 <= 0:
