@@ -22,6 +22,7 @@ analysed (scaling.report).
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import subprocess
 import sys
@@ -128,10 +129,12 @@ def print_plan(name: str, rows: list[dict]) -> None:
               f"{est:>7}  {r['status']}")
     todo = [r for r in rows if r["status"] != "completed"]
     total = sum(r.get("est_s", 0) for r in todo)
-    n_decades = lambda k: __import__("math").log10(max(r[k] for r in rows) / min(r[k] for r in rows))
-    print(f"total: C {sum(r['C'] for r in rows):.3g} FLOPs over {n_decades('C'):.1f} decades of compute and "
-          f"{n_decades('N'):.1f} of N; {len(todo)} to train" + (f", about {total / 60:.0f} min on one process"
-                                                                 if total else ""))
+    def decades(key: str) -> float:
+        return math.log10(max(r[key] for r in rows) / min(r[key] for r in rows))
+
+    print(f"total: C {sum(r['C'] for r in rows):.3g} FLOPs over {decades('C'):.1f} decades of compute and "
+          f"{decades('N'):.1f} of N; {len(todo)} to train"
+          + (f", about {total / 60:.0f} min on one process" if total else ""))
 
 
 def launch(spec: dict, extra: list[str]) -> int:
@@ -172,6 +175,9 @@ def cli(command: str, argv: list[str]) -> int:
     for p in problems:
         print(f"warning: {p}", file=sys.stderr)
     print(f"sweep {spec['name']}: {collect.summarize(runs)} in {time.time() - t0:.0f} s", flush=True)
+    if not todo and (results / "report.md").exists():
+        print(f"nothing trained: {results / 'report.md'} stands (`scaling report {results}` rebuilds it)")
+        return 0
     from analysis import report
 
     report.build(results, quiet=False, n_boot=int(spec.get("n_boot", 1000)))
