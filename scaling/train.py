@@ -245,7 +245,7 @@ def _train(cfg: DictConfig, folder: Path) -> dict:
     progress = _Progress(tc.progress, steps, step, tokens_per_step)
     limit = tc.diverge_factor * math.log(shape.vocab)
     st = {"status": "completed", "bad_step": None, "last": None, "sum": acc_sum, "n": acc_n,
-          "trained": 0, "train_s": 0.0, "first_s": None, "overhead_s": 0.0}
+          "trained": 0, "first_s": None, "overhead_s": 0.0}
     t_loop = t_ckpt = time.time()
 
     def finish(start: int, n: int, losses) -> bool:
