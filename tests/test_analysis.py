@@ -169,6 +169,12 @@ def test_report_on_synthetic_table_and_cli(tmp_path):
     r = subprocess.run([sys.executable, "-m", "scaling.cli", "fit", str(tmp_path), "--json", "--n-boot", "20"],
                        check=False, capture_output=True, text=True)
     assert r.returncode == 0 and json.loads(r.stdout)["forms"]["chinchilla"]["params"]["beta"]["value"] > 0
+    before = (tmp_path / "fit.json").read_text()
+    r = subprocess.run([sys.executable, "-m", "scaling.cli", "plot", str(tmp_path), "--format", "svg"],
+                       check=False, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "plots" / "loss_vs_N.svg").stat().st_size > 10_000
+    assert (tmp_path / "fit.json").read_text() == before  # plot writes figures only
     r = subprocess.run([sys.executable, "-m", "scaling.cli", "fit", str(tmp_path / "missing.csv")],
                        check=False, capture_output=True, text=True)
     assert r.returncode == 2 and "no such file" in r.stderr
