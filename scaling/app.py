@@ -70,7 +70,7 @@ def task(cfg: DictConfig) -> dict | None:
     except ConfigError as e:
         print(f"scaling: config error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
-    except Exception as e:
+    except Exception as e:  # recorded in the run folder (error.txt); in a multirun the other cells go on
         log.error("run failed: %s: %s (see %s/error.txt)", type(e).__name__, e, train.runs.run_dir(cfg))
         if not _in_multirun():
             raise

@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 
 COMMANDS = ("train", "sweep", "plan", "collect", "fit", "predict", "plot", "report")
@@ -17,10 +16,6 @@ COMMANDS = ("train", "sweep", "plan", "collect", "fit", "predict", "plot", "repo
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    # Before numpy loads: the bootstrap runs L-BFGS-B in parallel processes, and a multi-threaded BLAS in each of
-    # them thrashes the cores (measured: 16x slower on 2 cores).
-    if argv and argv[0] in ("fit", "predict", "plot", "report", "sweep"):
-        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__.strip())
         return 0
