@@ -16,8 +16,7 @@ import numpy as np
 import pandas as pd
 from scipy.interpolate import Akima1DInterpolator
 
-from analysis import lse
-from analysis.laws import Fit
+from analysis.laws import Fit, summarise
 from analysis.table import Table
 
 
@@ -99,10 +98,7 @@ def approach2(t: Table, how: str = "parabola", n_boot: int = 1000, seed: int = 0
             boots.append(_fit_exponents(cc, np.array([m[c] for c in cc])))
     boots = np.array(boots).reshape(-1, 4)
     names = ["a", "k_N", "b", "k_D"]
-    params = {}
-    for i, n in enumerate(names):
-        lo, hi = lse.interval(boots[:, i]) if len(boots) else (np.nan, np.nan)
-        params[n] = {"value": float((a, kn, b, kd)[i]), "ci_low": lo, "ci_high": hi}
+    params = summarise(dict(zip(names, (a, kn, b, kd))), {n: boots[:, i] for i, n in enumerate(names)})
     warnings = [f"budget {c:.3g}: minimum at the edge of the sampled N; dropped" for c in dropped]
     if len(point) < 3:
         warnings.append(f"only {len(point)} budgets with a bracketed minimum: exponents rest on few points")
@@ -152,8 +148,7 @@ def approach1(t: Table, n_boot: int = 1000, seed: int = 0) -> tuple[Fit, pd.Data
             boots.append(solve(idx))
     boots = np.array(boots).reshape(-1, 4)
     names = ["a", "k_N", "b", "k_D"]
-    params = {n: {"value": float(point[i]), "ci_low": lse.interval(boots[:, i])[0],
-                  "ci_high": lse.interval(boots[:, i])[1]} for i, n in enumerate(names)}
+    params = summarise(dict(zip(names, point)), {n: boots[:, i] for i, n in enumerate(names)})
     warnings = [] if front["N"].nunique() >= 3 else ["the frontier visits fewer than 3 model sizes"]
     return Fit("frontier", "N_opt = k_N C^a, D_opt = k_D C^b (lowest loss per compute)", params, len(front),
                warnings=warnings, predict=lambda C_: point[1] * np.asarray(C_, float) ** point[0],

@@ -51,7 +51,7 @@ class Fit:
                 "params": self.params, "correlations": self.correlations, "warnings": self.warnings}
 
 
-def _summarise(values: dict, samples: dict) -> dict:
+def summarise(values: dict, samples: dict) -> dict:
     out = {}
     for name, v in values.items():
         lo, hi = lse.interval(samples[name]) if name in samples else (float("nan"), float("nan"))
@@ -86,6 +86,22 @@ def _range_warning(x: np.ndarray, name: str) -> list[str]:
         if decades < 1 else []
 
 
+def _fit_and_bootstrap(objective, starts, n: int, n_boot: int, seed: int, bounds=None):
+    """Multi-start L-BFGS-B on objective(theta, w) for forms outside analysis.lse's family; then a refit on each of
+    n_boot resamples of the n points (as count weights), started from the full-data optimum.
+    Returns (the best scipy result, bootstrap thetas or None)."""
+    def solve(w, from_):
+        results = [minimize(objective, s, args=(w,), method="L-BFGS-B", bounds=bounds, options=lse.LBFGS_OPTIONS)
+                   for s in from_]
+        return min(results, key=lambda r: r.fun)
+
+    best = solve(np.ones(n), starts)
+    if not n_boot:
+        return best, None
+    counts = lse.resample_counts(n, n_boot, np.random.default_rng(seed))
+    return best, np.array([solve(w, [best.x]).x for w in counts])
+
+
 # ---------------------------------------------------------------- Chinchilla Approach 3
 def chinchilla(t: Table, n_boot: int = N_BOOT, seed: int = 0, method: str = "fast", groups=None) -> Fit:
     df = t.df
@@ -107,7 +123,7 @@ def chinchilla(t: Table, n_boot: int = N_BOOT, seed: int = 0, method: str = "fas
     point.update(_derived(point))
     if samples:
         samples.update(_derived(samples))
-    params = _summarise(point, samples)
+    params = summarise(point, samples)
     warnings = _range_warning(df["N"].to_numpy(), "N") + _range_warning(df["D"].to_numpy(), "D")
     warnings += _identifiability(params, ["E", "A", "B"])
     for k in ("alpha", "beta"):
@@ -159,7 +175,7 @@ def single(t: Table, x: str, n_boot: int = N_BOOT, seed: int = 0, groups=None) -
 
     point = {k: v[0] for k, v in natural(theta).items()}
     samples = natural(boot) if boot is not None else {}
-    params = _summarise(point, samples)
+    params = summarise(point, samples)
     warnings = _range_warning(df[x].to_numpy(), x) + _identifiability(params, ["E", "A"])
 
     def predict(X):
@@ -181,7 +197,7 @@ def power(t: Table, x: str, n_boot: int = N_BOOT, seed: int = 0) -> Fit:
     rng = np.random.default_rng(seed)
     boot = np.array([solve(rng.integers(0, len(lx), len(lx))) for _ in range(n_boot)]) if n_boot else None
     samples = {"A": boot[:, 0], "alpha": boot[:, 1]} if boot is not None else {}
-    params = _summarise({"A": A, "alpha": alpha}, samples)
+    params = summarise({"A": A, "alpha": alpha}, samples)
     return Fit(f"power({x})", f"L = A * {x}^-alpha", params, len(df), None, _range_warning(df[x].to_numpy(), x),
                None, lambda X: A * np.asarray(X, float) ** -alpha, samples)
 
@@ -205,7 +221,7 @@ def kaplan_ns(t: Table, n_boot: int = N_BOOT, seed: int = 0) -> Fit:
 
     point = {k: v[0] for k, v in natural(theta).items()}
     samples = natural(boot) if boot is not None else {}
-    params = _summarise(point, samples)
+    params = summarise(point, samples)
 
     def predict(N, steps):
         return (point["N_c"] / np.asarray(N, float)) ** point["alpha_N"] + \
@@ -231,20 +247,8 @@ def kaplan_nd(t: Table, n_boot: int = 200, seed: int = 0) -> Fit:
     starts = [(ln, ld, an, ad) for ln in (10, 20, 30) for ld in (10, 20, 30) for an in (0.05, 0.3, 1.0)
               for ad in (0.05, 0.3, 1.0)]
 
-    def solve(w, from_=None):
-        best = None
-        for s in (from_ or starts):
-            r = minimize(_kaplan_nd_objective, s, args=(lN, lD, y, w), method="L-BFGS-B",
-                         bounds=[(None, None), (None, None), (1e-4, 10), (1e-4, 10)], options=lse.LBFGS_OPTIONS)
-            if best is None or r.fun < best.fun:
-                best = r
-        return best
-
-    w = np.ones(len(y))
-    best = solve(w)
-    rng = np.random.default_rng(seed)
-    boot = np.array([solve(np.bincount(rng.integers(0, len(y), len(y)), minlength=len(y)).astype(float),
-                           [best.x]).x for _ in range(n_boot)]) if n_boot else None
+    best, boot = _fit_and_bootstrap(lambda th, w: _kaplan_nd_objective(th, lN, lD, y, w), starts, len(y), n_boot,
+                                    seed, bounds=[(None, None), (None, None), (1e-4, 10), (1e-4, 10)])
     names = ["N_c", "D_c", "alpha_N", "alpha_D"]
 
     def natural(th):
@@ -253,7 +257,7 @@ def kaplan_nd(t: Table, n_boot: int = 200, seed: int = 0) -> Fit:
 
     point = {k: v[0] for k, v in natural(best.x).items()}
     samples = natural(boot) if boot is not None else {}
-    params = _summarise(point, samples)
+    params = summarise(point, samples)
 
     def predict(N, D):
         return ((point["N_c"] / np.asarray(N, float)) ** (point["alpha_N"] / point["alpha_D"]) +
@@ -286,18 +290,7 @@ def muennighoff(t: Table, base: Fit, n_boot: int = 200, seed: int = 0) -> Fit:
     p = {k: base.value(k) for k in ("E", "A", "alpha", "B", "beta")}
     start0 = [np.log(p["E"]), np.log(p["A"]), p["alpha"], np.log(p["B"]), p["beta"]]
 
-    def solve(w, starts):
-        best = None
-        for s in starts:
-            r = minimize(objective, s, args=(w,), method="L-BFGS-B", options=lse.LBFGS_OPTIONS)
-            if best is None or r.fun < best.fun:
-                best = r
-        return best
-
-    best = solve(np.ones(len(y)), [start0 + [np.log(r)] for r in (1, 5, 15, 50)])
-    rng = np.random.default_rng(seed)
-    boot = np.array([solve(np.bincount(rng.integers(0, len(y), len(y)), minlength=len(y)).astype(float),
-                           [best.x]).x for _ in range(n_boot)]) if n_boot else None
+    best, boot = _fit_and_bootstrap(objective, [start0 + [np.log(r)] for r in (1, 5, 15, 50)], len(y), n_boot, seed)
 
     def natural(th):
         th = np.atleast_2d(th)
@@ -306,6 +299,6 @@ def muennighoff(t: Table, base: Fit, n_boot: int = 200, seed: int = 0) -> Fit:
 
     point = {k: v[0] for k, v in natural(best.x).items()}
     samples = natural(boot) if boot is not None else {}
-    params = _summarise(point, samples)
+    params = summarise(point, samples)
     return Fit("muennighoff", "L = E + A / N^alpha + B / D'^beta, D' = U + U R* (1 - exp(-R / R*))", params,
                len(df), float(best.fun), _identifiability(params, ["R_star"]), None, None, samples)
