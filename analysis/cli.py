@@ -5,10 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from analysis import isoflop, laws, lse, report
-from analysis.table import TableError, load
+from analysis.table import TableError, load, results_folder
 
 
 def _parser(command: str) -> argparse.ArgumentParser:
@@ -51,11 +50,6 @@ def _load_kwargs(args) -> dict:
         {"best_per": best, "where": args.where}
 
 
-def _out_folder(path: str) -> Path:
-    p = Path(path)
-    return p if p.is_dir() else p.parent
-
-
 def main(command: str, argv: list[str]) -> int:
     args = _parser(command).parse_args(argv)
     try:
@@ -64,7 +58,7 @@ def main(command: str, argv: list[str]) -> int:
                          figures_only=command == "plot",
                          holdout_above=args.holdout_above_flops if command == "report" else None,
                          holdout_top=args.holdout_top if command == "report" else None, **_load_kwargs(args))
-            folder = _out_folder(args.results)
+            folder = results_folder(args.results)
             print(f"wrote figures to {folder / 'plots'}" + (f" and {folder / 'report.md'}" if command == "report"
                                                              else ""))
             return 0
@@ -77,7 +71,7 @@ def main(command: str, argv: list[str]) -> int:
     result = report.fit_all(t, n_boot=args.n_boot, holdout_above=args.holdout_above_flops,
                             holdout_top=args.holdout_top, method=args.method)
     doc = report.to_json(result)
-    (_out_folder(args.results) / "fit.json").write_text(json.dumps(doc, indent=1, default=float))
+    (results_folder(args.results) / "fit.json").write_text(json.dumps(doc, indent=1, default=float))
     print(json.dumps(doc, indent=1, default=float) if args.json else report.format_tables(result))
     return 0
 

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from analysis import isoflop, laws, lse
-from analysis.table import Table, load
+from analysis.table import Table, load, results_folder
 
 
 def _safe(skipped: dict, name: str, fn, *args, **kwargs):
@@ -174,8 +174,7 @@ def build(results: str | Path, quiet: bool = True, n_boot: int = laws.N_BOOT, fm
     with figures_only)."""
     from analysis import plots
 
-    results = Path(results)
-    folder = results if results.is_dir() else results.parent
+    folder = results_folder(results)
     t = load(results, **load_kw)
     result = fit_all(t, n_boot=n_boot, holdout_above=holdout_above, holdout_top=holdout_top)
     figures = plots.all_figures(result, folder / "plots", fmt)

@@ -68,10 +68,14 @@ def load(path: str | Path, n: str | None = None, d: str | None = None, c: str | 
                       budget=budget, best_per=best_per, curves=_read_curves(path))
 
 
-def _read_curves(path) -> pd.DataFrame | None:
+def results_folder(path: str | Path) -> Path:
+    """Where a table's companions live and outputs go: the folder itself, or the folder holding the file."""
     p = Path(path)
-    folder = p if p.is_dir() else p.parent
-    f = folder / "curves.parquet"
+    return p if p.is_dir() else p.parent
+
+
+def _read_curves(path) -> pd.DataFrame | None:
+    f = results_folder(path) / "curves.parquet"
     return pd.read_parquet(f) if f.exists() else None
 
 
