@@ -175,10 +175,34 @@ def cli(command: str, argv: list[str]) -> int:
     for p in problems:
         print(f"warning: {p}", file=sys.stderr)
     print(f"sweep {spec['name']}: {collect.summarize(runs)} in {time.time() - t0:.0f} s", flush=True)
+    unfinished = _unfinished(rows, runs)
+    for line in unfinished:
+        print(f"  not finished: {line}", file=sys.stderr)
+    if unfinished:
+        print(f"{len(unfinished)} of {len(rows)} cells did not finish; relaunch the same command to resume them "
+              "(failed runs rerun with rerun_failed=true)", file=sys.stderr)
+    if not len(runs):
+        print(f"no run of sweep {spec['name']} left results in {results}; nothing to report", file=sys.stderr)
+        return 1
     if not todo and (results / "report.md").exists():
         print(f"nothing trained: {results / 'report.md'} stands (`scaling report {results}` rebuilds it)")
         return 0
     from analysis import report
 
     report.build(results, quiet=False, n_boot=int(spec.get("n_boot", 1000)))
-    return 1 if failures else 0
+    return 1 if failures or unfinished else 0
+
+
+def _unfinished(rows: list[dict], table) -> list[str]:
+    """This sweep's cells that are not completed or diverged: '<run_id> <model> <status>: <error>'."""
+    from scaling import runs
+
+    by_id = table.set_index("run_id") if len(table) else None
+    out = []
+    for r in rows:
+        rid = runs.run_id(r["cfg"])
+        status = by_id.loc[rid, "status"] if by_id is not None and rid in by_id.index else "missing"
+        if status not in runs.FINISHED:
+            error = by_id.loc[rid].get("error") if status != "missing" else None
+            out.append(f"{rid} {r['model']} {status}" + (f": {error}" if isinstance(error, str) and error else ""))
+    return out
