@@ -181,6 +181,12 @@ def build(results: str | Path, quiet: bool = True, n_boot: int = laws.N_BOOT, fm
     if figures_only:
         return result
     (folder / "fit.json").write_text(json.dumps(to_json(result), indent=1, default=float))
+    if not load_kw.get("where") and not load_kw.get("best_per"):  # our probe columns, if any: emergence.md
+        from analysis import emergence_report
+
+        found = emergence_report.build(results, n_boot=min(n_boot, 400), fmt=fmt, quiet=quiet)
+        if found is None:
+            (folder / "emergence.md").unlink(missing_ok=True)
     (folder / "report.md").write_text(markdown(result, figures, folder))
     if not quiet:
         print(format_tables(result))

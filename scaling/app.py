@@ -59,8 +59,12 @@ def _parallel_workers() -> int:
 
 
 def task(cfg: DictConfig) -> dict | None:
+    workers = _parallel_workers()
+    if workers > 1:
+        # Parallel workers share one GPU, if there is one: by default each JAX process would claim 75% of it.
+        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     if cfg.pin_cpus:
-        mine = pin_worker(_parallel_workers())
+        mine = pin_worker(workers)
         if mine:
             log.info("worker %d pinned to cores %s", os.getpid(), mine)
     from scaling import train  # JAX initialises here

@@ -5,13 +5,15 @@
     scaling plan SWEEP.yaml [overrides]      the cells, their sizes and an estimated time, without training
     scaling collect RESULTS                  run folders -> runs.csv, runs.parquet, curves.parquet
     scaling fit | predict | plot | report RESULTS ...   analysis, no training (see `scaling fit --help`)
+    scaling emergence RESULTS [--axis ...]   emergence thresholds of probe metrics (or any table's metrics)
+    scaling bench [--sizes ...]              training throughput of the size ladder against the device's peak
 """
 
 from __future__ import annotations
 
 import sys
 
-COMMANDS = ("train", "sweep", "plan", "collect", "fit", "predict", "plot", "report")
+COMMANDS = ("train", "sweep", "plan", "collect", "fit", "predict", "plot", "report", "emergence", "bench")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,6 +39,14 @@ def main(argv: list[str] | None = None) -> int:
         from scaling import collect
 
         return collect.cli(rest)
+    if command == "bench":
+        from scaling import bench
+
+        return bench.main(rest)
+    if command == "emergence":
+        from analysis import emergence_report
+
+        return emergence_report.main(rest)
     from analysis import cli as analysis_cli
 
     return analysis_cli.main(command, rest)

@@ -21,9 +21,13 @@ runs.csv / runs.parquet, one row per run (every status kept, never dropped silen
     lr, schedule, batch_size, seed
     wall_s, tokens_per_s, hardware_flops_per_s, time_to_first_step_s   seconds; tokens/s; FLOP/s; seconds
     device, platform, jax, corpus_sha256, diverged_at_step, error
+    probe/<task>/<metric>     final probe metrics (scaling.probes), when probes.tasks is set; beside each,
+                              probe/<task>/<metric>@chance (chance level) and @items (evaluation items)
+    probe_train_fraction      share of training rows that were probe text (0: probes evaluated only)
 
 curves.parquet, one row per log point per run:
-    run_id, N, D, step, tokens_seen, C (6 N tokens_seen), train_loss, eval_loss, lr, tokens_per_s, elapsed_s
+    run_id, model, N, D, step, tokens_seen, C (6 N tokens_seen), train_loss, eval_loss, lr, tokens_per_s, elapsed_s,
+    probe/<task>/<metric> at every evaluation point
 """
 
 from __future__ import annotations
@@ -96,7 +100,7 @@ def _curve(folder: Path, s: dict, problems: list[str]) -> list[dict]:
         except ValueError:
             problems.append(f"{folder.name}: metrics.jsonl line {i + 1} is torn; later lines skipped")
             break
-        out.append({"run_id": folder.name, "N": s.get("N"), "D": s.get("D"), **r,
+        out.append({"run_id": folder.name, "model": s.get("model"), "N": s.get("N"), "D": s.get("D"), **r,
                     "C": 6 * s.get("N", 0) * r["tokens_seen"]})
     return out
 

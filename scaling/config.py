@@ -59,6 +59,18 @@ class OptimConfig:
 
 
 @dataclass
+class ProbeConfig:
+    # Probe tasks (scaling.probes): evaluated at every evaluation point; mixed into training at train_fraction.
+    tasks: list[str] = field(default_factory=list)  # addition | copy | modular
+    train_fraction: float = 0.0  # share of training rows replaced by probe text
+    eval_items: int = 200  # held-out items per task
+    addition_digits: int = 2
+    addition_reversed: bool = False  # answer digits least-significant first
+    copy_length: int = 12
+    modulus: int = 23
+
+
+@dataclass
 class TrainConfig:
     # Run length, in precedence order: the first one set wins (see scaling.train.resolve_steps).
     steps: int | None = None
@@ -81,6 +93,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    probes: ProbeConfig = field(default_factory=ProbeConfig)
     sweep: str = "default"  # results go to <results_dir>/<sweep>/<run_id>/
     results_dir: str = "results"
     rerun_failed: bool = False  # relaunching skips completed runs, resumes interrupted ones; failed only if set
@@ -152,3 +165,11 @@ def validate(cfg: DictConfig | dict) -> None:
     if not 0 < c.data.val_fraction < 1:
         raise ConfigError(f"data.val_fraction must be strictly between 0 and 1, got {c.data.val_fraction!r}")
     _positive(c.data.eval_windows, "data.eval_windows", int)
+    p = c.probes
+    unknown = [name for name in p.tasks if name not in ("addition", "copy", "modular")]
+    if unknown:
+        raise ConfigError(f"probes.tasks: unknown task(s) {unknown}; allowed: addition, copy, modular")
+    if not 0 <= p.train_fraction < 1:
+        raise ConfigError(f"probes.train_fraction must be in [0, 1), got {p.train_fraction!r}")
+    for key in ("eval_items", "addition_digits", "copy_length", "modulus"):
+        _positive(p[key], f"probes.{key}", int)

@@ -22,10 +22,12 @@ analysed (scaling.report).
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -137,16 +139,84 @@ def print_plan(name: str, rows: list[dict]) -> None:
           + (f", about {total / 60:.0f} min on one process" if total else ""))
 
 
-def launch(spec: dict, extra: list[str]) -> int:
+class Progress(threading.Thread):
+    """Every `every` seconds: how many of the sweep's runs are done, which are training and how far, and an ETA.
+
+    It reads the run folders (summary.json, metrics.jsonl, progress.json), so it works under any launcher. The ETA divides the
+    hardware FLOPs still to train by the FLOP rate achieved since the sweep started."""
+
+    def __init__(self, rows: list[dict], every: float = 30.0):
+        super().__init__(daemon=True)
+        from scaling import runs
+
+        self.cells = [(runs.run_dir(r["cfg"]), r) for r in rows]
+        self.every, self.stop = every, threading.Event()
+        self.t0 = time.time()
+        self.done0 = self._done_flops()[0]
+
+    def _done_flops(self) -> tuple[float, list[str], int]:
+        from scaling import runs
+
+        flops, training, finished = 0.0, [], 0
+        for folder, r in self.cells:
+            s = runs.read_summary(folder) or {}
+            if s.get("status") in runs.FINISHED:
+                flops, finished = flops + r["hw_flops"], finished + 1
+                continue
+            step = max(_last_step(folder / "metrics.jsonl"), _progress_step(folder / "progress.json"))
+            flops += r["hw_flops"] * step / r["steps"]
+            if s.get("status") == "running":
+                training.append(f"{r['model']} {r['tokens']:.2g} tokens {100 * step / r['steps']:.0f}%")
+        return flops, training, finished
+
+    def report(self) -> str:
+        flops, training, finished = self._done_flops()
+        total = sum(r["hw_flops"] for _, r in self.cells)
+        rate = (flops - self.done0) / max(time.time() - self.t0, 1e-9)
+        eta = f"ETA {(total - flops) / rate / 60:.1f} min" if rate > 0 else "ETA after the first log point"
+        return (f"[sweep] {finished}/{len(self.cells)} runs done, {100 * flops / total:.0f}% of the compute; "
+                f"training: {', '.join(training) or '-'}; {eta}")
+
+    def run(self):
+        while not self.stop.wait(self.every):
+            print(self.report(), flush=True)
+
+
+def _last_step(path: Path) -> int:
+    try:
+        with path.open("rb") as f:
+            f.seek(max(0, path.stat().st_size - 4096))
+            lines = f.read().decode(errors="ignore").strip().splitlines()
+        return int(json.loads(lines[-1])["step"]) if lines else 0
+    except (OSError, ValueError, KeyError, IndexError):
+        return 0
+
+
+def _progress_step(path: Path) -> int:
+    try:
+        return int(json.loads(path.read_text())["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+
+
+def launch(spec: dict, extra: list[str], rows: list[dict] | None = None) -> int:
     """One Hydra multirun per grid; returns the number of grids whose launch failed."""
     failures = 0
-    for g in spec["grids"]:
-        sweep_args = [f"{k}={','.join(_value(v) for v in vals)}" for k, vals in g.items()]
-        cmd = [sys.executable, "-m", "scaling.app", "-m", *spec["overrides"], *sweep_args,
-               f"sweep={spec['name']}", *extra]
-        print("+", " ".join(cmd[1:]), flush=True)
-        if subprocess.run(cmd, check=False, env=os.environ.copy()).returncode != 0:
-            failures += 1
+    progress = Progress(rows) if rows else None
+    if progress:
+        progress.start()
+    try:
+        for g in spec["grids"]:
+            sweep_args = [f"{k}={','.join(_value(v) for v in vals)}" for k, vals in g.items()]
+            cmd = [sys.executable, "-m", "scaling.app", "-m", *spec["overrides"], *sweep_args,
+                   f"sweep={spec['name']}", *extra]
+            print("+", " ".join(cmd[1:]), flush=True)
+            if subprocess.run(cmd, check=False, env=os.environ.copy()).returncode != 0:
+                failures += 1
+    finally:
+        if progress:
+            progress.stop.set()
+            print(progress.report(), flush=True)
     return failures
 
 
@@ -168,7 +238,7 @@ def cli(command: str, argv: list[str]) -> int:
     todo = sum(r["status"] != "completed" for r in rows)
     print(f"sweep {spec['name']}: {len(rows)} cells, {len(rows) - todo} already completed, {todo} to run "
           f"-> {results}", flush=True)
-    failures = launch(spec, argv[1:]) if todo else 0
+    failures = launch(spec, argv[1:], rows) if todo else 0
     from scaling import collect
 
     runs, _, problems = collect.collect(results)

@@ -27,7 +27,7 @@ from flax import nnx
 from omegaconf import DictConfig, OmegaConf
 
 from scaling import data as data_lib
-from scaling import runs, sizes
+from scaling import probes, runs, sizes
 from scaling.config import ConfigError, validate
 from scaling.model import Transformer, cross_entropy, loss_fn
 from scaling.optim import make_optimizer
@@ -113,7 +113,7 @@ def enable_compilation_cache(cache_dir: str | None) -> None:
 
 
 def build(cfg: DictConfig, shape: sizes.Shape, steps: int, peak_lr: float):
-    """Model, optimizer and the jitted functions: (state, train_chunk, eval_loss, lr_fn).
+    """Model, optimizer and the jitted functions: (state, train_chunk, eval_loss, probe_logprobs, lr_fn).
 
     train_chunk(state, tokens (k, batch, seq+1), active (k,)) -> (state, losses (k,)) runs k AdamW steps in one
     lax.scan; state is donated. eval_loss(state, windows (m, b, seq+1)) -> mean loss in nats per token.
@@ -144,7 +144,14 @@ def build(cfg: DictConfig, shape: sizes.Shape, steps: int, peak_lr: float):
 
         return jax.lax.map(one, val).mean()
 
-    return state, jax.jit(train_chunk, donate_argnums=0), jax.jit(eval_loss), lr_fn
+    def probe_logprobs(state, rows):
+        """Log-probability of each next token and whether it is the argmax, (items, length - 1)."""
+        model, _ = nnx.merge(graphdef, state)
+        logp = jax.nn.log_softmax(model(rows[:, :-1]).astype(jnp.float32))
+        lp = jnp.take_along_axis(logp, rows[:, 1:, None], -1)[..., 0]
+        return lp, jnp.argmax(logp, -1) == rows[:, 1:]
+
+    return state, jax.jit(train_chunk, donate_argnums=0), jax.jit(eval_loss), jax.jit(probe_logprobs), lr_fn
 
 
 def measure_throughput(cfg: DictConfig, chunks: int = 3) -> float:
@@ -152,7 +159,7 @@ def measure_throughput(cfg: DictConfig, chunks: int = 3) -> float:
     enable_compilation_cache(cfg.data.cache_dir)
     shape = shape_of(cfg)
     k, b = cfg.train.steps_per_dispatch, cfg.train.batch_size
-    state, train_chunk, _, _ = build(cfg, shape, 1000, 1e-3)
+    state, train_chunk, *_ = build(cfg, shape, 1000, 1e-3)
     tokens = np.random.default_rng(0).integers(0, shape.vocab, (k, b, shape.seq_len + 1)).astype(np.int32)
     active = np.ones(k, bool)
     state, losses = train_chunk(state, tokens, active)  # compile
@@ -209,7 +216,16 @@ def _train(cfg: DictConfig, folder: Path) -> dict:
     plan = chunks(steps, points, k)
     peak_lr = cfg.optim.lr if cfg.optim.lr is not None else sizes.default_learning_rate(shape.d_model)
 
-    state, train_chunk, eval_loss, lr_fn = build(cfg, shape, steps, peak_lr)
+    state, train_chunk, eval_loss, probe_logprobs, lr_fn = build(cfg, shape, steps, peak_lr)
+    probe_tasks = probes.tasks(cfg.probes)
+    probe_sets = [probes.eval_set(t, cfg.probes.eval_items, shape.seq_len) for t in probe_tasks]
+
+    def probe_metrics() -> dict:
+        out = {}
+        for es in probe_sets:
+            out.update(probes.score(es, *probe_logprobs(state, jnp.asarray(es.rows))))
+        return out
+
     log.info("run %s: N=%s (non-embedding) N_total=%s layers=%d d_model=%d; D=%s; %d steps (%s); lr=%.3g",
              folder.name, f"{counts['N']:,}", f"{counts['N_total']:,}", shape.n_layers, shape.d_model,
              f"{unique:,}", steps, length_source, peak_lr)
@@ -245,7 +261,7 @@ def _train(cfg: DictConfig, folder: Path) -> dict:
     progress = _Progress(tc.progress, steps, step, tokens_per_step)
     limit = tc.diverge_factor * math.log(shape.vocab)
     st = {"status": "completed", "bad_step": None, "last": None, "sum": acc_sum, "n": acc_n,
-          "trained": 0, "first_s": None, "overhead_s": 0.0}
+          "trained": 0, "first_s": None, "overhead_s": 0.0, "t_progress": time.time()}
     t_loop = t_ckpt = time.time()
 
     def finish(start: int, n: int, losses) -> bool:
@@ -264,10 +280,13 @@ def _train(cfg: DictConfig, folder: Path) -> dict:
         st["trained"] += n
         end = start + n
         progress.update(end, float(host[-1]))
+        if time.time() - st["t_progress"] > 5:  # for the sweep's progress line, between the sparse log points
+            runs.write_json_atomic(folder / "progress.json", {"step": end})
+            st["t_progress"] = time.time()
         if end in points:
             t0 = time.time()
             row = {"step": end, "tokens_seen": end * tokens_per_step, "train_loss": st["sum"] / st["n"],
-                   "eval_loss": float(eval_loss(state, val)), "lr": float(lr_fn(end - 1)),
+                   "eval_loss": float(eval_loss(state, val)), **probe_metrics(), "lr": float(lr_fn(end - 1)),
                    "tokens_per_s": _throughput(st, tokens_per_step), "elapsed_s": elapsed0 + time.time() - t_loop}
             with metrics_path.open("a") as f:
                 f.write(json.dumps(row) + "\n")
@@ -288,6 +307,7 @@ def _train(cfg: DictConfig, folder: Path) -> dict:
     with _Stop() as stop:
         for start, n in (c for c in plan if c[0] >= step):
             tokens = batches.get(start, k)  # host work overlaps the chunk still running on the device
+            probes.mix(tokens, start, probe_tasks, cfg.probes.train_fraction, tc.seed)
             active = np.arange(k) < n
             tokens[n:] = 0
             if pending is not None and not finish(*pending):
@@ -323,6 +343,8 @@ def _train(cfg: DictConfig, folder: Path) -> dict:
         **{key: v * tokens_seen for key, v in per_token.items() if key != "flops_hardware"},
         "final_train_loss": last["train_loss"] if last else None,
         "final_eval_loss": last["eval_loss"] if last else None,
+        **({key: v for key, v in last.items() if key.startswith("probe/")} if last else {}),
+        **probes.metadata(probe_tasks, cfg.probes.eval_items, cfg.probes.train_fraction),
         "wall_s": elapsed0 + time.time() - t_loop, "time_to_first_step_s": st["first_s"],
         "tokens_per_s": _throughput(st, tokens_per_step),
     })

@@ -83,3 +83,17 @@ def test_kill_minus_9_then_relaunch_resumes(tmp_path, cache_dir):
         assert runs.set_index("run_id").loc[run_id, "wall_s"] == wall
     resumed = runs[~runs["run_id"].isin(finished)]
     assert resumed["resumed_from_step"].iloc[0] >= 8
+
+
+def test_progress_line_counts_finished_runs_and_reads_the_running_step(tmp_path, cache_dir):
+    from scaling import runs, sweep
+
+    spec = sweep.load_sweep(write_sweep(tmp_path, "progress", [40]))
+    rows = sweep.plan(spec, [f"results_dir={tmp_path / 'results'}", *TINY], measure=False)
+    done, running = (runs.run_dir(r["cfg"]) for r in rows)
+    for folder, status in ((done, "completed"), (running, "running")):
+        folder.mkdir(parents=True)
+        runs.write_json_atomic(folder / "summary.json", {"status": status})
+    runs.write_json_atomic(running / "progress.json", {"step": 20})
+    line = sweep.Progress(rows).report()
+    assert line.startswith("[sweep] 1/2 runs done") and "50%" in line and "ETA" in line, line

@@ -2,6 +2,7 @@ import json
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -70,8 +71,11 @@ def test_resume_equals_uninterrupted(make_cfg, tmp_path, monkeypatch, stop_after
     assert resumed["status"] == "completed"
     a, b = metrics(runs.run_dir(straight)), metrics(runs.run_dir(cfg))
     assert [r["step"] for r in a] == [r["step"] for r in b]
-    for ra, rb in zip(a, b):  # bitwise on CPU
-        assert ra["eval_loss"] == rb["eval_loss"] and ra["train_loss"] == rb["train_loss"]
+    # Bitwise on CPU; GPU reductions are not deterministic run to run, so there the last bits may differ.
+    rel = 0 if jax.default_backend() == "cpu" else 1e-5
+    for ra, rb in zip(a, b):
+        assert ra["eval_loss"] == pytest.approx(rb["eval_loss"], rel=rel, abs=0)
+        assert ra["train_loss"] == pytest.approx(rb["train_loss"], rel=rel, abs=0)
 
 
 def test_divergence_stops_the_run_and_keeps_the_log(make_cfg):

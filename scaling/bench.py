@@ -1,0 +1,184 @@
+"""`scaling bench`: training throughput of the size ladder on the current device, against the device's peak.
+
+    scaling bench [--sizes s01,s04,s08,s12] [--batch 32] [--dtype float32|bfloat16] [--seconds 5]
+                  [--peak GFLOPS] [--out results/bench] [overrides ...]
+
+Per size: steady-state tokens/s (compilation excluded, several optimizer steps per dispatch exactly as in
+training), achieved FLOP/s under the hardware convention of scaling.sizes (6 N + attention + tied output
+projection per token; 6 N alone is the `model_gflops` column), compile time cold and from JAX's persistent cache,
+time to first step (model init + compile + first dispatch), and the fraction of the device's peak.
+
+The peak: on a GPU, the datasheet's dense figure for the compute dtype (TF32 tensor cores for float32, since XLA
+runs float32 matmuls on them by default); on a CPU it is measured here, as the better of a large float32 matmul
+and an FMA-bound elementwise loop, both through XLA on every core JAX uses. Writes bench.csv and bench.md.
+Never run by the tests: it is a measurement, and two shared cores make timings noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+# Dense peak FLOP/s from NVIDIA datasheets (SXM parts), by device-kind substring and compute dtype.
+GPU_PEAKS = {
+    "H200": {"float32": 494.7e12, "bfloat16": 989.4e12},
+    "H100 PCIe": {"float32": 378.0e12, "bfloat16": 756.0e12},
+    "H100": {"float32": 494.7e12, "bfloat16": 989.4e12},
+    "A100": {"float32": 156.0e12, "bfloat16": 312.0e12},
+    "L40S": {"float32": 183.0e12, "bfloat16": 362.0e12},
+    "L4": {"float32": 60.0e12, "bfloat16": 121.0e12},
+}
+
+
+def _best_seconds(fn, *args, repeats: int = 5) -> float:
+    fn(*args).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn(*args).block_until_ready()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def measure_cpu_peak() -> dict:
+    """FLOP/s of a 2048^3 float32 matmul and of an FMA-bound loop (64 dependent x*a+b per element, 200 times)."""
+    import jax
+    import jax.numpy as jnp
+
+    n = 2048
+    a = jnp.ones((n, n), jnp.float32)
+    matmul = 2 * n**3 / _best_seconds(jax.jit(lambda x: x @ x), a)
+
+    width, unroll, trips = 65536, 64, 200
+
+    @jax.jit
+    def fma(x):
+        def body(_, x):
+            for _ in range(unroll):
+                x = x * 0.999 + 0.001
+            return x
+
+        return jax.lax.fori_loop(0, trips, body, x)
+
+    loop = 2 * width * unroll * trips / _best_seconds(fma, jnp.linspace(0, 1, width, dtype=jnp.float32))
+    return {"matmul": matmul, "fma_loop": loop, "peak": max(matmul, loop)}
+
+
+def device_peak(dtype: str, override_gflops: float | None) -> tuple[float, str]:
+    import jax
+
+    if override_gflops:
+        return override_gflops * 1e9, "given (--peak)"
+    dev = jax.devices()[0]
+    if dev.platform == "gpu":
+        for key, peaks in GPU_PEAKS.items():
+            if key in dev.device_kind:
+                return peaks[dtype], f"datasheet {key} dense {dtype}"
+        raise SystemExit(f"scaling bench: no datasheet peak for {dev.device_kind!r}; pass --peak GFLOPS")
+    p = measure_cpu_peak()
+    return p["peak"], (f"measured: matmul {p['matmul'] / 1e9:.1f}, FMA loop {p['fma_loop'] / 1e9:.1f} GFLOP/s "
+                       f"on {jax.local_device_count()} device(s)")
+
+
+def bench_size(cfg, seconds: float) -> dict:
+    import jax
+    import numpy as np
+
+    from scaling import sizes
+    from scaling.train import build, shape_of
+
+    shape = shape_of(cfg)
+    k, b = cfg.train.steps_per_dispatch, cfg.train.batch_size
+    t0 = time.perf_counter()
+    state, train_chunk, *_ = build(cfg, shape, 10_000, 1e-4)
+    tokens = np.random.default_rng(0).integers(0, shape.vocab, (k, b, shape.seq_len + 1)).astype(np.int32)
+    active = np.ones(k, bool)
+    t_compile = time.perf_counter()
+    step = train_chunk.lower(state, tokens, active).compile()
+    compile_cold = time.perf_counter() - t_compile
+    state, losses = step(state, tokens, active)
+    losses.block_until_ready()
+    first = time.perf_counter() - t0  # init + cold compile + the first k steps
+    jax.clear_caches()  # the next compile is served by the persistent cache the cold one filled
+    t_compile = time.perf_counter()
+    train_chunk.lower(state, tokens, active).compile()
+    compile_cached = time.perf_counter() - t_compile
+    n, t1 = 0, time.perf_counter()
+    while n < 3 or time.perf_counter() - t1 < seconds:
+        state, losses = step(state, tokens, active)
+        n += 1
+        if n % 4 == 0:
+            losses.block_until_ready()
+    losses.block_until_ready()
+    tok_s = n * k * b * shape.seq_len / (time.perf_counter() - t1)
+    per_token = sizes.flops_per_token(shape)
+    return {"model": cfg.model.name, "N": sizes.count_params(shape)["N"], "n_layers": shape.n_layers,
+            "d_model": shape.d_model, "batch_size": b, "seq_len": shape.seq_len, "dtype": cfg.model.dtype,
+            "steps_per_dispatch": k, "tokens_per_s": tok_s, "hardware_gflops": tok_s * per_token["flops_hardware"] / 1e9,
+            "model_gflops": tok_s * 6 * sizes.count_params(shape)["N"] / 1e9, "compile_s": compile_cold,
+            "compile_cached_s": compile_cached, "time_to_first_step_s": first}
+
+
+def to_markdown(rows: list[dict], device: str, peak_note: str) -> str:
+    head = ("| size | N | layers x width | tokens/s | hardware GFLOP/s | 6N GFLOP/s | fraction of peak | "
+            "compile s (cold / cached) | first step s |")
+    lines = [f"Device: {device}. Peak: {peak_note}.", "", head, "|" + "---|" * 9]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['N']:.2e} | {r['n_layers']} x {r['d_model']} | {r['tokens_per_s']:,.0f} | "
+                     f"{r['hardware_gflops']:.1f} | {r['model_gflops']:.1f} | {r['fraction_of_peak']:.1%} | "
+                     f"{r['compile_s']:.1f} / {r['compile_cached_s']:.1f} | {r['time_to_first_step_s']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="scaling bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--sizes", default="s01,s04,s08,s10,s12", help="comma-separated ladder sizes")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    p.add_argument("--seconds", type=float, default=5.0, help="steady-state timing per size")
+    p.add_argument("--peak", type=float, default=None, help="peak GFLOP/s to compare with (default: see above)")
+    p.add_argument("--out", default="results/bench")
+    p.add_argument("overrides", nargs="*", help="Hydra overrides for every size, e.g. train.steps_per_dispatch=8")
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+
+    import jax
+    import pandas as pd
+
+    from scaling.config import ConfigError
+    from scaling.sweep import compose
+
+    jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="scaling-bench-jax-"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    try:
+        cfgs = [compose([f"model={s}", f"train.batch_size={a.batch}", f"model.dtype={a.dtype}", *a.overrides])
+                for s in a.sizes.split(",")]
+    except Exception as e:  # noqa: BLE001 -- Hydra names the bad override or size
+        raise ConfigError(f"scaling bench: {e}") from None
+    dev = jax.devices()[0]
+    device = f"{dev.device_kind} ({dev.platform}, {jax.local_device_count()} device(s))"
+    peak, note = device_peak(a.dtype, a.peak)
+    print(f"{device}; peak {peak / 1e9:,.1f} GFLOP/s ({note})", flush=True)
+    rows = []
+    for cfg in cfgs:
+        r = bench_size(cfg, a.seconds)
+        r.update(device=device, peak_gflops=peak / 1e9, fraction_of_peak=r["hardware_gflops"] * 1e9 / peak)
+        rows.append(r)
+        print(f"  {r['model']}: {r['tokens_per_s']:,.0f} tokens/s, {r['hardware_gflops']:.1f} GFLOP/s "
+              f"({r['fraction_of_peak']:.1%} of peak), compile {r['compile_s']:.1f} s", flush=True)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_csv(out / "bench.csv", index=False)
+    md = to_markdown(rows, device, note)
+    (out / "bench.md").write_text(md)
+    print(md)
+    print(f"wrote {out / 'bench.csv'} and {out / 'bench.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
