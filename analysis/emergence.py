@@ -128,20 +128,6 @@ def smooth_bic(sse_lin, sse_pow, n: int):
     return np.minimum(np.vectorize(bic)(sse_lin, n, 2), np.vectorize(bic)(sse_pow, n, 3))
 
 
-def smooth_curve(x: np.ndarray, u: np.ndarray, grid_x: np.ndarray) -> np.ndarray:
-    """The better smooth form (by BIC) evaluated on grid_x, for plots."""
-    n = len(u)
-    A = np.stack([np.ones_like(x), x], 1)
-    coef, *_ = np.linalg.lstsq(A, u, rcond=None)
-    b_lin = bic(float(np.sum((A @ coef - u) ** 2)), n, 2)
-    a, basis = _power_grid(x)
-    sse, c0, c1 = _profile(basis, u, np.ones((1, n)))
-    j = int(np.argmin(sse[0]))
-    if bic(float(sse[0, j]), n, 3) < b_lin:
-        return c0[0, j] + c1[0, j] * 10.0 ** (-a[j] * (grid_x - x.min()))
-    return coef[0] + coef[1] * grid_x
-
-
 def _bnsl(theta, X):
     a, logb, c0, c1, logd, logf = theta
     f = np.exp(logf)
@@ -239,7 +225,7 @@ def detect(s: Series, n_boot: int = 400, seed: int = 0, max_width: float = MAX_W
     counts = rng.multinomial(n, np.full(n, 1 / n), size=n_boot).astype(float)
     counts = counts[np.array([len(np.unique(x[c > 0])) >= 4 for c in counts], bool)] if n_boot else counts
     grid, basis = _sigmoid_grid(x)
-    sse_b, _, _c1_b = _profile(basis, u, counts)
+    sse_b, _, _ = _profile(basis, u, counts)
     best = np.argmin(sse_b, 1)
     sb_lin, sb_pow = fit_smooth(x, u, counts)
     d_bic = smooth_bic(sb_lin, sb_pow, n) - np.vectorize(bic)(sse_b[np.arange(len(best)), best], n, 4)

@@ -179,15 +179,15 @@ def _safe_name(text: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-." else "_" for ch in str(text))
 
 
-def checkpoint_table(folder: Path) -> pd.DataFrame | None:
-    """The over-training view: every evaluation point of the completed runs that trained on probe text, one row per
-    checkpoint (C = 6 N x tokens seen so far), labelled by run in the column `run`. An ability learned during
+def checkpoint_table(runs: pd.DataFrame, folder: Path) -> pd.DataFrame | None:
+    """The over-training view of a results folder (`runs`: its runs table): every evaluation point of the completed
+    runs that trained on probe text, one row per checkpoint (C = 6 N x tokens seen so far), labelled by run in the
+    column `run`. An ability learned during
     training shows its threshold here, at the compute where the run acquired it (the induction-head phase change
     of Olsson et al. 2022 is one). None when no run trained on probes (eval-only probes have nothing to learn)."""
-    runs_path, curves_path = folder / "runs.parquet", folder / "curves.parquet"
-    if not (runs_path.exists() and curves_path.exists()):
+    curves_path = folder / "curves.parquet"
+    if not curves_path.exists():
         return None
-    runs = pd.read_parquet(runs_path)
     if "probe_train_fraction" not in runs or "status" not in runs:
         return None
     trained = runs[(runs["status"] == "completed") & (runs["probe_train_fraction"].fillna(0) > 0)].copy()
@@ -214,7 +214,7 @@ def build(path: str | Path, n_boot: int = 400, fmt: str = "png", quiet: bool = T
         r["view"] = "runs"
     folder = results_folder(path)
     figs = figures(df, results, folder / "plots", fmt, group=kw.get("group"))
-    ck = checkpoint_table(folder) if not kw.get("metrics") and Path(path).is_dir() else None
+    ck = checkpoint_table(df, folder) if not kw.get("metrics") and Path(path).is_dir() else None
     if ck is not None:
         over = analyse_table(ck, axes=["C"], group="run", n_boot=n_boot)
         for r in over:

@@ -86,17 +86,15 @@ def device_peak(dtype: str, override_gflops: float | None) -> tuple[float, str]:
 
 def bench_size(cfg, seconds: float) -> dict:
     import jax
-    import numpy as np
 
     from scaling import sizes
-    from scaling.train import build, shape_of
+    from scaling.train import build, random_chunk, shape_of, steady_tokens_per_s
 
     shape = shape_of(cfg)
     k, b = cfg.train.steps_per_dispatch, cfg.train.batch_size
     t0 = time.perf_counter()
     state, train_chunk, *_ = build(cfg, shape, 10_000, 1e-4)
-    tokens = np.random.default_rng(0).integers(0, shape.vocab, (k, b, shape.seq_len + 1)).astype(np.int32)
-    active = np.ones(k, bool)
+    tokens, active = random_chunk(shape, k, b)
     t_compile = time.perf_counter()
     step = train_chunk.lower(state, tokens, active).compile()
     compile_cold = time.perf_counter() - t_compile
@@ -107,14 +105,7 @@ def bench_size(cfg, seconds: float) -> dict:
     t_compile = time.perf_counter()
     train_chunk.lower(state, tokens, active).compile()
     compile_cached = time.perf_counter() - t_compile
-    n, t1 = 0, time.perf_counter()
-    while n < 3 or time.perf_counter() - t1 < seconds:
-        state, losses = step(state, tokens, active)
-        n += 1
-        if n % 4 == 0:
-            losses.block_until_ready()
-    losses.block_until_ready()
-    tok_s = n * k * b * shape.seq_len / (time.perf_counter() - t1)
+    tok_s = steady_tokens_per_s(step, state, tokens, active, chunks=3, seconds=seconds)
     per_token = sizes.flops_per_token(shape)
     return {"model": cfg.model.name, "N": sizes.count_params(shape)["N"], "n_layers": shape.n_layers,
             "d_model": shape.d_model, "batch_size": b, "seq_len": shape.seq_len, "dtype": cfg.model.dtype,

@@ -58,6 +58,9 @@ class OptimConfig:
     grad_clip: float = 1.0
 
 
+PROBE_TASKS = ("addition", "copy", "modular")  # implemented in scaling.probes
+
+
 @dataclass
 class ProbeConfig:
     # Probe tasks (scaling.probes): evaluated at every evaluation point; mixed into training at train_fraction.
@@ -166,9 +169,9 @@ def validate(cfg: DictConfig | dict) -> None:
         raise ConfigError(f"data.val_fraction must be strictly between 0 and 1, got {c.data.val_fraction!r}")
     _positive(c.data.eval_windows, "data.eval_windows", int)
     p = c.probes
-    unknown = [name for name in p.tasks if name not in ("addition", "copy", "modular")]
+    unknown = [name for name in p.tasks if name not in PROBE_TASKS]
     if unknown:
-        raise ConfigError(f"probes.tasks: unknown task(s) {unknown}; allowed: addition, copy, modular")
+        raise ConfigError(f"probes.tasks: unknown task(s) {unknown}; allowed: {', '.join(PROBE_TASKS)}")
     if not 0 <= p.train_fraction < 1:
         raise ConfigError(f"probes.train_fraction must be in [0, 1), got {p.train_fraction!r}")
     for key in ("eval_items", "addition_digits", "copy_length", "modulus"):

@@ -154,21 +154,33 @@ def build(cfg: DictConfig, shape: sizes.Shape, steps: int, peak_lr: float):
     return state, jax.jit(train_chunk, donate_argnums=0), jax.jit(eval_loss), jax.jit(probe_logprobs), lr_fn
 
 
+def random_chunk(shape: sizes.Shape, k: int, batch: int) -> tuple[np.ndarray, np.ndarray]:
+    """k batches of random tokens and the all-active mask: a train_chunk input for throughput measurements."""
+    tokens = np.random.default_rng(0).integers(0, shape.vocab, (k, batch, shape.seq_len + 1)).astype(np.int32)
+    return tokens, np.ones(k, bool)
+
+
+def steady_tokens_per_s(step, state, tokens, active, chunks: int = 3, seconds: float = 0.0) -> float:
+    """Training tokens/s of an already compiled step function: at least `chunks` dispatches and `seconds`."""
+    n, t0 = 0, time.perf_counter()
+    while n < chunks or time.perf_counter() - t0 < seconds:
+        state, losses = step(state, tokens, active)
+        n += 1
+        if n % 4 == 0:  # bound the queue of dispatched chunks
+            losses.block_until_ready()
+    losses.block_until_ready()
+    return n * tokens.shape[0] * tokens.shape[1] * (tokens.shape[2] - 1) / (time.perf_counter() - t0)
+
+
 def measure_throughput(cfg: DictConfig, chunks: int = 3) -> float:
     """Steady-state training tokens/s of cfg's shape on this device (random tokens; compile excluded)."""
     enable_compilation_cache(cfg.data.cache_dir)
     shape = shape_of(cfg)
-    k, b = cfg.train.steps_per_dispatch, cfg.train.batch_size
     state, train_chunk, *_ = build(cfg, shape, 1000, 1e-3)
-    tokens = np.random.default_rng(0).integers(0, shape.vocab, (k, b, shape.seq_len + 1)).astype(np.int32)
-    active = np.ones(k, bool)
+    tokens, active = random_chunk(shape, cfg.train.steps_per_dispatch, cfg.train.batch_size)
     state, losses = train_chunk(state, tokens, active)  # compile
     losses.block_until_ready()
-    t0 = time.time()
-    for _ in range(chunks):
-        state, losses = train_chunk(state, tokens, active)
-    losses.block_until_ready()
-    return chunks * k * b * shape.seq_len / (time.time() - t0)
+    return steady_tokens_per_s(train_chunk, state, tokens, active, chunks)
 
 
 def run(cfg: DictConfig) -> dict:

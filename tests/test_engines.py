@@ -35,22 +35,23 @@ def sweep_cmd(sweep: Path, tmp_path: Path) -> list[str]:
             f"data.cache_dir={os.environ['SCALING_CACHE']}"]
 
 
-@pytest.fixture
-def slurm_env(tmp_path):
+def _engine(start, folder: Path):
+    """Yield the environment of an engine started by `start(folder)`; skip (fail under CI) if it cannot start."""
     try:
-        with clusters.slurm(tmp_path / "slurm") as env:
+        with start(folder) as env:
             yield env
     except clusters.Unavailable as e:
         _unavailable(str(e))
+
+
+@pytest.fixture
+def slurm_env(tmp_path):
+    yield from _engine(clusters.slurm, tmp_path / "slurm")
 
 
 @pytest.fixture
 def ray_env(tmp_path):
-    try:
-        with clusters.ray_head(tmp_path / "ray") as env:
-            yield env
-    except clusters.Unavailable as e:
-        _unavailable(str(e))
+    yield from _engine(clusters.ray_head, tmp_path / "ray")
 
 
 def _unavailable(reason: str) -> None:

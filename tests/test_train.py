@@ -91,6 +91,9 @@ def test_divergence_stops_the_run_and_keeps_the_log(make_cfg):
     ("data.unique_tokens=1e12", "data.unique_tokens=1e\\+12 exceeds the corpus training split"),
     ("optim.name=adam", "optim.name must be one of cosine, wsd, constant"),
     ("model.n_heads=5", "divisible by model.n_heads"),
+    ("probes.tasks=[division]", r"probes.tasks: unknown task\(s\) \['division'\]; allowed: addition, copy, modular"),
+    ("probes.train_fraction=1.0", r"probes.train_fraction must be in \[0, 1\), got 1.0"),
+    ("probes.copy_length=0", "probes.copy_length must be a positive integer"),
 ])
 def test_config_errors_name_the_field(make_cfg, override, message):
     with pytest.raises(ConfigError, match=message):
