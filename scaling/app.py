@@ -70,7 +70,7 @@ def task(cfg: DictConfig) -> dict | None:
     from scaling import train  # JAX initialises here
 
     try:
-        return train.run(cfg)
+        return train_cell(cfg)
     except ConfigError as e:
         print(f"scaling: config error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -79,6 +79,17 @@ def task(cfg: DictConfig) -> dict | None:
         if not _in_multirun():
             raise
         return {"status": "failed", "error": str(e)}
+
+
+def train_cell(cfg: DictConfig):
+    """One grid cell: a run, a warmup-stable-decay trunk with its branches, or a pack of vmapped runs."""
+    from scaling import branching, packing, train
+
+    if cfg.train.branch_tokens is not None:
+        return branching.run(cfg)
+    if cfg.train.seeds is not None or cfg.optim.lrs is not None:
+        return packing.run(cfg)
+    return train.run(cfg)
 
 
 def _in_multirun() -> bool:

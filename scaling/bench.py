@@ -1,7 +1,7 @@
 """`scaling bench`: training throughput of the size ladder on the current device, against the device's peak.
 
     scaling bench [--sizes s01,s04,s08,s12] [--batch 32] [--dtype float32|bfloat16] [--seconds 5]
-                  [--peak GFLOPS] [--out results/bench] [overrides ...]
+                  [--pack P] [--peak GFLOPS] [--out results/bench] [overrides ...]
 
 Per size: steady-state tokens/s (compilation excluded, several optimizer steps per dispatch exactly as in
 training), achieved FLOP/s under the hardware convention of scaling.sizes (6 N + attention + tied output
@@ -9,8 +9,8 @@ projection per token; 6 N alone is the `model_gflops` column), compile time cold
 time to first step (model init + compile + first dispatch), and the fraction of the device's peak.
 
 The peak: on a GPU, the datasheet's dense figure for the compute dtype (TF32 tensor cores for float32, since XLA
-runs float32 matmuls on them by default); on a CPU it is measured here, as the better of a large float32 matmul
-and an FMA-bound elementwise loop, both through XLA on every core JAX uses. Writes bench.csv and bench.md.
+runs float32 matmuls on them by default); on a CPU it is measured here, as the best of a large float32 matmul
+(through XLA and through numpy's BLAS) and an FMA-bound elementwise loop, on every core. Writes bench.csv and bench.md.
 Never run by the tests: it is a measurement, and two shared cores make timings noisy.
 """
 
@@ -45,15 +45,20 @@ def _best_seconds(fn, *args, repeats: int = 5) -> float:
 
 
 def measure_cpu_peak() -> dict:
-    """FLOP/s of a 2048^3 float32 matmul and of an FMA-bound loop (64 dependent x*a+b per element, 200 times)."""
+    """FLOP/s of large float32 matmuls (through XLA, and through numpy's BLAS, the best this CPU's matmul
+    libraries reach) and of an FMA-bound loop (16 dependent x*a+b per element over 128k independent elements,
+    400 times, so the FMA units never wait on latency). The peak is the best of the three."""
     import jax
     import jax.numpy as jnp
+    import numpy as np
 
-    n = 2048
+    n = 4096
     a = jnp.ones((n, n), jnp.float32)
-    matmul = 2 * n**3 / _best_seconds(jax.jit(lambda x: x @ x), a)
+    xla = 2 * n**3 / _best_seconds(jax.jit(lambda x: x @ x), a, repeats=3)
+    b = np.ones((n, n), np.float32)
+    blas = 2 * n**3 / _best_seconds(lambda x: _Ready(x @ x), b, repeats=3)
 
-    width, unroll, trips = 65536, 64, 200
+    width, unroll, trips = 131072, 16, 400
 
     @jax.jit
     def fma(x):
@@ -64,8 +69,19 @@ def measure_cpu_peak() -> dict:
 
         return jax.lax.fori_loop(0, trips, body, x)
 
-    loop = 2 * width * unroll * trips / _best_seconds(fma, jnp.linspace(0, 1, width, dtype=jnp.float32))
-    return {"matmul": matmul, "fma_loop": loop, "peak": max(matmul, loop)}
+    x = jnp.linspace(0, 1, width, dtype=jnp.float32).reshape(8, -1)
+    loop = 2 * width * unroll * trips / _best_seconds(fma, x)
+    return {"matmul": xla, "blas_matmul": blas, "fma_loop": loop, "peak": max(xla, blas, loop)}
+
+
+class _Ready:
+    """A numpy result with JAX's block_until_ready, for _best_seconds."""
+
+    def __init__(self, x):
+        self.x = x
+
+    def block_until_ready(self):
+        return self.x
 
 
 def device_peak(dtype: str, override_gflops: float | None) -> tuple[float, str]:
@@ -80,11 +96,11 @@ def device_peak(dtype: str, override_gflops: float | None) -> tuple[float, str]:
                 return peaks[dtype], f"datasheet {key} dense {dtype}"
         raise SystemExit(f"scaling bench: no datasheet peak for {dev.device_kind!r}; pass --peak GFLOPS")
     p = measure_cpu_peak()
-    return p["peak"], (f"measured: matmul {p['matmul'] / 1e9:.1f}, FMA loop {p['fma_loop'] / 1e9:.1f} GFLOP/s "
-                       f"on {jax.local_device_count()} device(s)")
+    return p["peak"], (f"measured: XLA matmul {p['matmul'] / 1e9:.1f}, BLAS matmul {p['blas_matmul'] / 1e9:.1f}, "
+                       f"FMA loop {p['fma_loop'] / 1e9:.1f} GFLOP/s")
 
 
-def bench_size(cfg, seconds: float) -> dict:
+def bench_size(cfg, seconds: float, pack: int = 1) -> dict:
     import jax
 
     from scaling import sizes
@@ -93,8 +109,9 @@ def bench_size(cfg, seconds: float) -> dict:
     shape = shape_of(cfg)
     k, b = cfg.train.steps_per_dispatch, cfg.train.batch_size
     t0 = time.perf_counter()
-    state, train_chunk, *_ = build(cfg, shape, 10_000, 1e-4)
-    tokens, active = random_chunk(shape, k, b)
+    members = [(seed, 1e-4) for seed in range(pack)] if pack > 1 else None
+    state, train_chunk, *_ = build(cfg, shape, 10_000, 1e-4, members)
+    tokens, active = random_chunk(shape, k, b, pack if members else None)
     t_compile = time.perf_counter()
     step = train_chunk.lower(state, tokens, active).compile()
     compile_cold = time.perf_counter() - t_compile
@@ -109,7 +126,8 @@ def bench_size(cfg, seconds: float) -> dict:
     per_token = sizes.flops_per_token(shape)
     return {"model": cfg.model.name, "N": sizes.count_params(shape)["N"], "n_layers": shape.n_layers,
             "d_model": shape.d_model, "batch_size": b, "seq_len": shape.seq_len, "dtype": cfg.model.dtype,
-            "steps_per_dispatch": k, "tokens_per_s": tok_s, "hardware_gflops": tok_s * per_token["flops_hardware"] / 1e9,
+            "steps_per_dispatch": k, "pack": pack, "tokens_per_s": tok_s,
+            "hardware_gflops": tok_s * per_token["flops_hardware"] / 1e9,
             "model_gflops": tok_s * 6 * sizes.count_params(shape)["N"] / 1e9, "compile_s": compile_cold,
             "compile_cached_s": compile_cached, "time_to_first_step_s": first}
 
@@ -131,6 +149,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     p.add_argument("--seconds", type=float, default=5.0, help="steady-state timing per size")
+    p.add_argument("--pack", type=int, default=1,
+                   help="runs packed into one vmapped program (scaling.packing); tokens/s counts all of them")
     p.add_argument("--peak", type=float, default=None, help="peak GFLOP/s to compare with (default: see above)")
     p.add_argument("--out", default="results/bench")
     p.add_argument("overrides", nargs="*", help="Hydra overrides for every size, e.g. train.steps_per_dispatch=8")
@@ -156,7 +176,7 @@ def main(argv: list[str]) -> int:
     print(f"{device}; peak {peak / 1e9:,.1f} GFLOP/s ({note})", flush=True)
     rows = []
     for cfg in cfgs:
-        r = bench_size(cfg, a.seconds)
+        r = bench_size(cfg, a.seconds, a.pack)
         r.update(device=device, peak_gflops=peak / 1e9, fraction_of_peak=r["hardware_gflops"] * 1e9 / peak)
         rows.append(r)
         print(f"  {r['model']}: {r['tokens_per_s']:,.0f} tokens/s, {r['hardware_gflops']:.1f} GFLOP/s "

@@ -24,6 +24,11 @@ runs.csv / runs.parquet, one row per run (every status kept, never dropped silen
     probe/<task>/<metric>     final probe metrics (scaling.probes), when probes.tasks is set; beside each,
                               probe/<task>/<metric>@chance (chance level) and @items (evaluation items)
     probe_train_fraction      share of training rows that were probe text (0: probes evaluated only)
+    resumed_from_step         the checkpoint step a relaunch resumed from, else empty
+    branch_of, fork_step      warmup-stable-decay branches (scaling.branching): the trunk (<sweep>/trunks/<id>) and
+                              the step the cooldown branched off it; wall_s includes the trunk's time to the fork
+    pack_id, pack_size        runs trained as one vmapped pack (scaling.packing): the pack (<sweep>/packs/<id>) and
+                              its number of runs; tokens_per_s is the pack's rate divided by pack_size
 
 curves.parquet, one row per log point per run:
     run_id, model, N, D, step, tokens_seen, C (6 N tokens_seen), train_loss, eval_loss, lr, tokens_per_s, elapsed_s,
@@ -50,7 +55,7 @@ def collect(results: str | Path, write: bool = True) -> tuple[pd.DataFrame, pd.D
         raise FileNotFoundError(f"{results} is not a folder of runs")
     rows, curves, problems = [], [], []
     for folder in sorted(p for p in results.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        if folder.name in ("plots", "reference"):
+        if folder.name in ("plots", "reference", "trunks", "packs"):
             continue
         s = read_summary(folder)
         if s is None or "status" not in s:

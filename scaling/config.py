@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 
 from scaling import sizes
 
@@ -49,6 +49,9 @@ class OptimConfig:
     name: str = "cosine"  # cosine | wsd | constant
     lr: float | None = None  # null = sizes.default_learning_rate(d_model)
     warmup_frac: float = 0.05
+    warmup_steps: int | None = None  # a fixed warmup length in steps; replaces warmup_frac when set
+    # Peak rates packed into one program with train.seeds (scaling.packing); replaces lr.
+    lrs: list[float] | None = None
     min_lr_frac: float = 0.1  # cosine ends at min_lr_frac * lr, exactly at the last step
     decay_frac: float = 0.2  # wsd: the last decay_frac of steps decay linearly to zero
     weight_decay: float = 0.1
@@ -80,8 +83,13 @@ class TrainConfig:
     flops: float | None = None  # compute budget C, counted as 6 N tokens
     tokens: float | None = None
     tokens_per_param: float | None = 20.0
+    # Warmup-stable-decay branching (scaling.branching): one constant-rate trunk and a cooldown branched off it
+    # at each of these token budgets; each budget is written as its own run. Replaces train.tokens.
+    branch_tokens: list[float] | None = None
     batch_size: int = 32
     seed: int = 0
+    # Seeds packed into one program (jax.vmap, scaling.packing); each is written as its own run. Replaces seed.
+    seeds: list[int] | None = None
     n_evals: int = 16  # log-spaced evaluation points, the last step always included
     steps_per_dispatch: int = 8  # optimizer steps fused into one jitted lax.scan call
     checkpoint_every_s: float = 60.0
@@ -114,6 +122,21 @@ NON_IDENTITY_KEYS = {
     "train.checkpoint_every_steps",
     "data.cache_dir",
 }
+
+
+# Keys added after runs were first published: left out of the identity while at their default (None), so the
+# run ids of earlier results stay valid.
+OPTIONAL_KEYS = {"optim.warmup_steps", "optim.lrs", "train.branch_tokens", "train.seeds"}
+
+
+def with_values(cfg: DictConfig, **changes) -> DictConfig:
+    """A copy of cfg with the given dotted keys set, e.g. with_values(cfg, **{"train.seed": 1})."""
+    out = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
+    OmegaConf.set_struct(out, True)
+    with open_dict(out):
+        for key, value in changes.items():
+            OmegaConf.update(out, key, value, merge=False)
+    return out
 
 
 def register() -> None:
@@ -152,7 +175,30 @@ def validate(cfg: DictConfig | dict) -> None:
         v = c.optim[key]
         if not 0 <= v <= 1:
             raise ConfigError(f"optim.{key} must be between 0 and 1, got {v!r}")
+    if c.optim.warmup_steps is not None and (not isinstance(c.optim.warmup_steps, int) or c.optim.warmup_steps < 0):
+        raise ConfigError(f"optim.warmup_steps must be a non-negative integer or null, got {c.optim.warmup_steps!r}")
     t = c.train
+    if t.branch_tokens is not None:
+        if c.optim.name != "wsd":
+            raise ConfigError(f"train.branch_tokens branches cooldowns off a warmup-stable-decay trunk: it needs "
+                              f"optim=wsd, got optim.name={c.optim.name!r}")
+        if t.steps is not None or t.flops is not None:
+            raise ConfigError("train.branch_tokens sets the run lengths: leave train.steps and train.flops unset")
+        if not t.branch_tokens:
+            raise ConfigError("train.branch_tokens must list at least one token budget, got []")
+        for i, v in enumerate(t.branch_tokens):
+            _positive(v, f"train.branch_tokens[{i}]")
+    if t.seeds is not None or c.optim.lrs is not None:
+        if t.branch_tokens is not None:
+            raise ConfigError("train.branch_tokens cannot be combined with packing (train.seeds, optim.lrs)")
+        for key, values in (("train.seeds", t.seeds), ("optim.lrs", c.optim.lrs)):
+            if values is not None and not values:
+                raise ConfigError(f"{key} must list at least one value, got []")
+        for i, v in enumerate(t.seeds or []):
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise ConfigError(f"train.seeds[{i}] must be a non-negative integer, got {v!r}")
+        for i, v in enumerate(c.optim.lrs or []):
+            _positive(v, f"optim.lrs[{i}]")
     lengths = [k for k in ("steps", "flops", "tokens", "tokens_per_param") if t[k] is not None]
     if not lengths:
         raise ConfigError("set one of train.steps, train.flops, train.tokens, train.tokens_per_param")

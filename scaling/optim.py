@@ -10,9 +10,20 @@ import jax
 import optax
 
 
-def schedule(name: str, peak_lr: float, steps: int, warmup_frac: float, min_lr_frac: float, decay_frac: float):
-    warmup = max(1, round(warmup_frac * steps)) if warmup_frac > 0 else 0
-    warmup = min(warmup, steps - 1) if steps > 1 else 0
+def warmup_steps(steps: int, warmup_frac: float, fixed: int | None = None) -> int:
+    """Linear-warmup length: `fixed` steps if given, else warmup_frac of the run; always less than the run."""
+    warmup = fixed if fixed is not None else (max(1, round(warmup_frac * steps)) if warmup_frac > 0 else 0)
+    return min(warmup, steps - 1) if steps > 1 else 0
+
+
+def wsd_decay_start(steps: int, warmup: int, decay_frac: float) -> int:
+    """The step at which a warmup-stable-decay run of `steps` steps leaves its stable phase."""
+    return warmup + max(steps - warmup - max(1, round(decay_frac * steps)), 0)
+
+
+def schedule(name: str, peak_lr: float, steps: int, warmup_frac: float, min_lr_frac: float, decay_frac: float,
+             fixed_warmup: int | None = None):
+    warmup = warmup_steps(steps, warmup_frac, fixed_warmup)
     ramp = optax.linear_schedule(0.0, peak_lr, warmup) if warmup else None
     rest = steps - warmup
     if name == "cosine":
@@ -22,8 +33,8 @@ def schedule(name: str, peak_lr: float, steps: int, warmup_frac: float, min_lr_f
     elif name == "wsd":
         # Warmup-stable-decay (Hu et al. 2024; Hagele et al. 2024): flat, then a linear cooldown to zero
         # over the last decay_frac of all steps.
-        decay = max(1, round(decay_frac * steps))
-        stable = max(rest - decay, 0)
+        stable = wsd_decay_start(steps, warmup, decay_frac) - warmup
+        decay = steps - warmup - stable
         main = optax.join_schedules(
             [optax.constant_schedule(peak_lr), optax.linear_schedule(peak_lr, 0.0, decay)], [stable]
         )
@@ -32,9 +43,15 @@ def schedule(name: str, peak_lr: float, steps: int, warmup_frac: float, min_lr_f
     return optax.join_schedules([ramp, main], [warmup]) if ramp else main
 
 
-def make_optimizer(cfg, peak_lr: float, steps: int):
-    """AdamW (decoupled weight decay on matrices only) after global-norm gradient clipping."""
-    lr = schedule(cfg.name, peak_lr, steps, cfg.warmup_frac, cfg.min_lr_frac, cfg.decay_frac)
+def make_optimizer(cfg, peak_lr: float, steps: int, peak_in_state: bool = False):
+    """AdamW (decoupled weight decay on matrices only) after global-norm gradient clipping; returns (tx, lr_fn).
+
+    peak_in_state: the schedule runs at peak 1 and the peak rate is a value in the optimizer state, so runs that
+    differ only in learning rate can share one program (scaling.packing). AdamW's update, weight decay included,
+    is linear in the rate, so this is the same optimizer up to float rounding.
+    """
+    lr = schedule(cfg.name, 1.0 if peak_in_state else peak_lr, steps, cfg.warmup_frac, cfg.min_lr_frac,
+                  cfg.decay_frac, cfg.warmup_steps)
 
     def decay_mask(params):
         return jax.tree.map(lambda p: p.ndim >= 2, params)
@@ -43,4 +60,7 @@ def make_optimizer(cfg, peak_lr: float, steps: int):
         optax.clip_by_global_norm(cfg.grad_clip),
         optax.adamw(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay, mask=decay_mask),
     )
+    if peak_in_state:
+        tx = optax.chain(tx, optax.inject_hyperparams(optax.scale)(step_size=peak_lr))
+        return tx, lambda step: peak_lr * lr(step)
     return tx, lr

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from scaling.config import NON_IDENTITY_KEYS
+from scaling.config import NON_IDENTITY_KEYS, OPTIONAL_KEYS
 
 FINISHED = {"completed", "diverged"}  # never retrained
 RESUMABLE = {"running", "interrupted"}  # resumed from the latest checkpoint
@@ -32,12 +32,13 @@ RETRY_ON_REQUEST = {"failed"}  # rerun only with rerun_failed=true
 def identity(cfg: DictConfig) -> dict:
     """The part of the config that determines the result, as a plain dict."""
     d = OmegaConf.to_container(cfg, resolve=True)
-    for key in NON_IDENTITY_KEYS:
+    for key in NON_IDENTITY_KEYS | OPTIONAL_KEYS:
         *parents, leaf = key.split(".")
         node = d
         for p in parents:
             node = node.get(p, {})
-        node.pop(leaf, None)
+        if key in NON_IDENTITY_KEYS or node.get(leaf) is None:
+            node.pop(leaf, None)
     d.get("model", {}).pop("name", None)  # a named size and its explicit shape are the same run
     return d
 

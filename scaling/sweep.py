@@ -11,6 +11,10 @@ product that Hydra's sweeper expands, and the union of the grids is the sweep:
     grids:
       - model: [s01, s02, s03]
         train.tokens: [2.5e5, 1e6]
+    wsd_branches: false              # true: per grid point, the train.tokens values come from one warmup-
+                                     # stable-decay trunk with a cooldown branched off at each (scaling.branching)
+    pack: false                      # true: a grid's train.seed and optim.lr values train as one vmapped
+                                     # program per grid point (scaling.packing)
 
 `scaling sweep FILE [overrides]` validates every cell first (one clear line for a bad cell, before any compute),
 then launches one Hydra multirun per grid (`python -m scaling.app -m ...`), so any Hydra launcher works:
@@ -55,16 +59,37 @@ def load_sweep(path: str | Path) -> dict:
 
 
 def _value(v) -> str:
+    if isinstance(v, list):
+        return "[" + ",".join(_value(x) for x in v) + "]"
     return str(v).lower() if isinstance(v, bool) else ("null" if v is None else str(v))
+
+
+PACKED_KEYS = {"train.seed": "train.seeds", "optim.lr": "optim.lrs"}
+
+
+def _grid(spec: dict, g: dict) -> tuple[dict, list[str]]:
+    """A grid as launched, and the overrides it adds. With wsd_branches, its train.tokens values become one
+    train.branch_tokens list (one trunk with a cooldown per budget) under optim=wsd; with pack, its train.seed
+    and optim.lr values become train.seeds and optim.lrs lists (one vmapped program)."""
+    g, added = dict(g), []
+    if spec.get("wsd_branches") and "train.tokens" in g:
+        g["train.branch_tokens"] = [g.pop("train.tokens")]
+        added.append("optim=wsd")
+    if spec.get("pack"):
+        for key, packed in PACKED_KEYS.items():
+            if len(g.get(key, [])) > 1:
+                g[packed] = [g.pop(key)]
+    return g, added
 
 
 def cells(spec: dict, extra: list[str]) -> list[list[str]]:
     """Every cell of the sweep as a list of Hydra overrides."""
     out = []
     for g in spec["grids"]:
+        g, added = _grid(spec, g)
         keys = list(g)
         for combo in itertools.product(*(g[k] for k in keys)):
-            out.append([*spec["overrides"], *(f"{k}={_value(v)}" for k, v in zip(keys, combo)),
+            out.append([*spec["overrides"], *added, *(f"{k}={_value(v)}" for k, v in zip(keys, combo)),
                         f"sweep={spec['name']}", *extra])
     return out
 
@@ -82,9 +107,10 @@ def compose(overrides: list[str]):
         return hydra_compose(config_name="config", overrides=[o for o in overrides if not o.startswith("hydra")])
 
 
-def describe(overrides: list[str]) -> dict:
-    """Compose and validate one cell; return its planned size, length and compute."""
-    from scaling import runs, sizes
+def describe(overrides: list[str]) -> list[dict]:
+    """Compose and validate one cell; return its planned runs (one, or one per branched budget) with their
+    size, length and compute. `trained_tokens` counts what the cell trains (a branched cell's trunk once)."""
+    from scaling import branching, packing, runs, sizes
     from scaling.config import validate
     from scaling.train import resolve_steps, shape_of
 
@@ -99,16 +125,30 @@ def describe(overrides: list[str]) -> dict:
         raise ConfigError(f"cell {' '.join(overrides)}: {e}") from None
     n = sizes.count_params(shape)["N"]
     tokens_per_step = cfg.train.batch_size * shape.seq_len
-    steps, _ = resolve_steps(cfg.train, n, tokens_per_step)
-    tokens = steps * tokens_per_step
     hw = sizes.flops_per_token(shape)["flops_hardware"]
-    status = (runs.read_summary(runs.run_dir(cfg)) or {}).get("status", "new")
-    return {"cfg": cfg, "model": cfg.model.name, "N": n, "D": cfg.data.unique_tokens, "steps": steps,
-            "tokens": tokens, "C": 6 * n * tokens, "hw_flops": hw * tokens, "shape": shape, "status": status}
+    extra = {}
+    if cfg.train.branch_tokens is not None:
+        trunk, branches = branching.plan(cfg)
+        last = max(f for *_, f in branches)
+        runs_ = [(b, s, (s - f + (last if i == len(branches) - 1 else 0)) * tokens_per_step)
+                 for i, (b, s, f) in enumerate(branches)]
+        extra = {id(b): {"trunk": branching.trunk_dir(cfg, trunk), "fork": f} for b, _, f in branches}
+    else:
+        steps, _ = resolve_steps(cfg.train, n, tokens_per_step)
+        packed = cfg.train.seeds is not None or cfg.optim.lrs is not None
+        runs_ = [(c, steps, steps * tokens_per_step) for c in (packing.members(cfg) if packed else [cfg])]
+    out = []
+    for c, steps, trained in runs_:
+        tokens = steps * tokens_per_step
+        status = (runs.read_summary(runs.run_dir(c)) or {}).get("status", "new")
+        out.append({"cfg": c, "model": cfg.model.name, "N": n, "D": cfg.data.unique_tokens, "steps": steps,
+                    "tokens": tokens, "trained_tokens": trained, "C": 6 * n * tokens, "hw_flops": hw * tokens,
+                    "shape": shape, "status": status, **extra.get(id(c), {})})
+    return out
 
 
 def plan(spec: dict, extra: list[str], measure: bool = True) -> list[dict]:
-    rows = [describe(c) for c in cells(spec, extra)]
+    rows = [dict(row, cell=tuple(c)) for c in cells(spec, extra) for row in describe(c)]
     if measure:
         from scaling.train import measure_throughput
 
@@ -117,7 +157,7 @@ def plan(spec: dict, extra: list[str], measure: bool = True) -> list[dict]:
             key = (r["shape"], r["cfg"].train.batch_size)
             if key not in rates:
                 rates[key] = measure_throughput(r["cfg"])
-            r["est_s"] = r["tokens"] / rates[key] + 8.0  # + start-up, compile and evaluation
+            r["est_s"] = r["trained_tokens"] / rates[key] + 8.0  # + start-up, compile and evaluation
     return rows
 
 
@@ -137,6 +177,9 @@ def print_plan(name: str, rows: list[dict]) -> None:
     print(f"total: C {sum(r['C'] for r in rows):.3g} FLOPs over {decades('C'):.1f} decades of compute and "
           f"{decades('N'):.1f} of N; {len(todo)} to train"
           + (f", about {total / 60:.0f} min on one process" if total else ""))
+    trained, separate = sum(r["trained_tokens"] * r["N"] for r in rows), sum(r["tokens"] * r["N"] for r in rows)
+    if trained < separate:
+        print(f"warmup-stable-decay branching trains {trained / separate:.0%} of the compute of separate runs")
 
 
 class Progress(threading.Thread):
@@ -163,7 +206,9 @@ class Progress(threading.Thread):
             if s.get("status") in runs.FINISHED:
                 flops, finished = flops + r["hw_flops"], finished + 1
                 continue
-            step = max(_last_step(folder / "metrics.jsonl"), _progress_step(folder / "progress.json"))
+            step = _step(folder)
+            if "trunk" in r:  # a branch's history up to its fork is its trunk's
+                step = max(step, min(r["fork"], _step(r["trunk"])))
             flops += r["hw_flops"] * step / r["steps"]
             if s.get("status") == "running":
                 training.append(f"{r['model']} {r['tokens']:.2g} tokens {100 * step / r['steps']:.0f}%")
@@ -180,6 +225,11 @@ class Progress(threading.Thread):
     def run(self):
         while not self.stop.wait(self.every):
             print(self.report(), flush=True)
+
+
+def _step(folder: Path) -> int:
+    """How far a run has trained, from its log or its progress file."""
+    return max(_last_step(folder / "metrics.jsonl"), _progress_step(folder / "progress.json"))
 
 
 def _last_step(path: Path) -> int:
@@ -206,9 +256,13 @@ def launch(spec: dict, extra: list[str], rows: list[dict] | None = None) -> int:
     if progress:
         progress.start()
     try:
-        for g in spec["grids"]:
+        for grid in spec["grids"]:
+            g, added = _grid(spec, grid)
+            if rows:
+                mine = {tuple(c) for c in cells({**spec, "grids": [grid]}, extra)}
+                g = _largest_first(g, {r["cell"]: _work(r) for r in rows if r["cell"] in mine})
             sweep_args = [f"{k}={','.join(_value(v) for v in vals)}" for k, vals in g.items()]
-            cmd = [sys.executable, "-m", "scaling.app", "-m", *spec["overrides"], *sweep_args,
+            cmd = [sys.executable, "-m", "scaling.app", "-m", *spec["overrides"], *added, *sweep_args,
                    f"sweep={spec['name']}", *extra]
             print("+", " ".join(cmd[1:]), flush=True)
             if subprocess.run(cmd, check=False, env=os.environ.copy()).returncode != 0:
@@ -261,6 +315,27 @@ def cli(command: str, argv: list[str]) -> int:
 
     report.build(results, quiet=False, n_boot=int(spec.get("n_boot", 1000)))
     return 1 if failures or unfinished else 0
+
+
+def _work(row: dict) -> float:
+    """Hardware FLOPs a planned run still needs (its share of a trunk included; none if finished)."""
+    from scaling import runs
+
+    return 0.0 if row["status"] in runs.FINISHED else row["hw_flops"] * row["trained_tokens"] / row["tokens"]
+
+
+def _largest_first(g: dict, work: dict) -> dict:
+    """The grid with each axis's values ordered by the work of their cells, largest first. Hydra launches cells in
+    that order, so parallel launchers (joblib, Slurm, Ray) start the longest cells first and no long cell is
+    left running alone at the end (longest-processing-time-first scheduling)."""
+    out = {}
+    for key, values in g.items():
+        def load(v, key=key):
+            tag = f"{key}={_value(v)}"
+            return sum(w for cell, w in work.items() if tag in cell)
+
+        out[key] = sorted(values, key=load, reverse=True)
+    return out
 
 
 def _unfinished(rows: list[dict], table) -> list[str]:

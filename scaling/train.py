@@ -16,6 +16,7 @@ import signal
 import sys
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 
 import jax
@@ -112,16 +113,28 @@ def enable_compilation_cache(cache_dir: str | None) -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
-def build(cfg: DictConfig, shape: sizes.Shape, steps: int, peak_lr: float):
+def build(cfg: DictConfig, shape: sizes.Shape, steps: int, peak_lr: float,
+          members: list[tuple[int, float]] | None = None):
     """Model, optimizer and the jitted functions: (state, train_chunk, eval_loss, probe_logprobs, lr_fn).
 
     train_chunk(state, tokens (k, batch, seq+1), active (k,)) -> (state, losses (k,)) runs k AdamW steps in one
     lax.scan; state is donated. eval_loss(state, windows (m, b, seq+1)) -> mean loss in nats per token.
+
+    members: [(seed, peak_lr), ...] packs that many runs into one program (scaling.packing): the state gains a
+    leading member axis, the functions are vmapped over it (tokens (members, k, batch, seq+1), losses
+    (members, k), eval losses (members,)), each peak rate sits in its optimizer state, and lr_fn is per member.
     """
-    model = Transformer(shape, nnx.Rngs(cfg.train.seed), cfg.model.dtype)
-    tx, lr_fn = make_optimizer(cfg.optim, peak_lr, steps)
-    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
-    graphdef, state = nnx.split((model, optimizer))
+    def init(seed: int, lr: float):
+        model = Transformer(shape, nnx.Rngs(seed), cfg.model.dtype)
+        tx, lr_fn = make_optimizer(cfg.optim, lr, steps, peak_in_state=members is not None)
+        return (*nnx.split((model, nnx.Optimizer(model, tx, wrt=nnx.Param))), lr_fn)
+
+    if members is None:
+        graphdef, state, lr_fn = init(cfg.train.seed, peak_lr)
+    else:
+        parts = [init(seed, lr) for seed, lr in members]
+        graphdef, lr_fn = parts[0][0], [p[2] for p in parts]
+        state = jax.tree.map(lambda *xs: jnp.stack(xs), *(p[1] for p in parts))
 
     def train_chunk(state, tokens, active):
         def body(state, xs):
@@ -151,13 +164,17 @@ def build(cfg: DictConfig, shape: sizes.Shape, steps: int, peak_lr: float):
         lp = jnp.take_along_axis(logp, rows[:, 1:, None], -1)[..., 0]
         return lp, jnp.argmax(logp, -1) == rows[:, 1:]
 
+    if members is not None:
+        train_chunk = jax.vmap(train_chunk, in_axes=(0, 0, None))
+        eval_loss, probe_logprobs = (jax.vmap(f, in_axes=(0, None)) for f in (eval_loss, probe_logprobs))
     return state, jax.jit(train_chunk, donate_argnums=0), jax.jit(eval_loss), jax.jit(probe_logprobs), lr_fn
 
 
-def random_chunk(shape: sizes.Shape, k: int, batch: int) -> tuple[np.ndarray, np.ndarray]:
-    """k batches of random tokens and the all-active mask: a train_chunk input for throughput measurements."""
-    tokens = np.random.default_rng(0).integers(0, shape.vocab, (k, batch, shape.seq_len + 1)).astype(np.int32)
-    return tokens, np.ones(k, bool)
+def random_chunk(shape: sizes.Shape, k: int, batch: int, members: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """k batches of random tokens (for each of `members` packed runs, if given) and the all-active mask: a
+    train_chunk input for throughput measurements."""
+    dims = ((members,) if members else ()) + (k, batch, shape.seq_len + 1)
+    return np.random.default_rng(0).integers(0, shape.vocab, dims).astype(np.int32), np.ones(k, bool)
 
 
 def steady_tokens_per_s(step, state, tokens, active, chunks: int = 3, seconds: float = 0.0) -> float:
@@ -169,7 +186,7 @@ def steady_tokens_per_s(step, state, tokens, active, chunks: int = 3, seconds: f
         if n % 4 == 0:  # bound the queue of dispatched chunks
             losses.block_until_ready()
     losses.block_until_ready()
-    return n * tokens.shape[0] * tokens.shape[1] * (tokens.shape[2] - 1) / (time.perf_counter() - t0)
+    return n * math.prod(tokens.shape[:-1]) * (tokens.shape[-1] - 1) / (time.perf_counter() - t0)
 
 
 def measure_throughput(cfg: DictConfig, chunks: int = 3) -> float:
@@ -183,13 +200,28 @@ def measure_throughput(cfg: DictConfig, chunks: int = 3) -> float:
     return steady_tokens_per_s(train_chunk, state, tokens, active, chunks)
 
 
-def run(cfg: DictConfig) -> dict:
-    """Train one run described by cfg; return its summary. Skips a finished run, resumes an interrupted one."""
+@dataclass(frozen=True)
+class Fork:
+    """Where a run starts when it has no checkpoint of its own: the state another run (a warmup-stable-decay
+    trunk, scaling.branching) saved at `step` in <folder>/forks/, and that run's log up to it."""
+
+    folder: Path
+    step: int
+
+
+def run(cfg: DictConfig, folder: Path | None = None, fork: Fork | None = None,
+        save_forks: tuple[int, ...] = (), extra_points: tuple[int, ...] = ()) -> dict:
+    """Train one run described by cfg; return its summary. Skips a finished run, resumes an interrupted one.
+
+    folder: where the run lives (default runs.run_dir(cfg)); fork: start from another run's saved state;
+    save_forks: steps at which to keep a copy of the state for runs branched off this one (also evaluated there,
+    as are extra_points).
+    """
     try:
         validate(cfg)
     except ValueError as e:  # ConfigError, or a shape error naming its field
         raise ConfigError(str(e)) from None
-    folder = runs.run_dir(cfg)
+    folder = folder or runs.run_dir(cfg)
     previous = runs.read_summary(folder)
     if previous and (previous["status"] in runs.FINISHED or
                      (previous["status"] in runs.RETRY_ON_REQUEST and not cfg.rerun_failed)):
@@ -198,7 +230,7 @@ def run(cfg: DictConfig) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     try:
-        return _train(cfg, folder)
+        return _train(cfg, folder, fork, save_forks, extra_points)
     except ConfigError:
         raise
     except Exception as e:  # keep the evidence in the run folder, then let the launcher see the failure
@@ -209,7 +241,8 @@ def run(cfg: DictConfig) -> dict:
         raise
 
 
-def _train(cfg: DictConfig, folder: Path) -> dict:
+def _train(cfg: DictConfig, folder: Path, fork: Fork | None, save_forks: tuple[int, ...],
+           extra_points: tuple[int, ...]) -> dict:
     t_start = time.time()
     enable_compilation_cache(cfg.data.cache_dir)
     shape = shape_of(cfg)
@@ -224,7 +257,7 @@ def _train(cfg: DictConfig, folder: Path) -> dict:
     tokens_per_step = tc.batch_size * shape.seq_len
     steps, length_source = resolve_steps(tc, counts["N"], tokens_per_step)
     k = min(tc.steps_per_dispatch, steps)
-    points = eval_points(steps, tc.n_evals, k)
+    points = sorted(set(eval_points(steps, tc.n_evals, k)) | {p for p in (*save_forks, *extra_points) if p <= steps})
     plan = chunks(steps, points, k)
     peak_lr = cfg.optim.lr if cfg.optim.lr is not None else sizes.default_learning_rate(shape.d_model)
 
@@ -246,18 +279,29 @@ def _train(cfg: DictConfig, folder: Path) -> dict:
     val = jnp.asarray(val[: len(val) // eval_bs * eval_bs].reshape(-1, eval_bs, shape.seq_len + 1))
 
     # Resume from the latest checkpoint, if any.
-    ckpt = ocp.CheckpointManager((folder / "ckpt").absolute(), options=ocp.CheckpointManagerOptions(
-        max_to_keep=1, enable_async_checkpointing=False))
+    ckpt = _checkpoints(folder / "ckpt")
+    forks = _checkpoints(folder / "forks", max_to_keep=None) if save_forks else None
     step, acc_sum, acc_n, elapsed0 = 0, 0.0, 0, 0.0
-    if ckpt.latest_step() is not None:
+    metrics_path = folder / "metrics.jsonl"
+    source = ckpt if ckpt.latest_step() is not None else None
+    if source is None and fork is not None:
+        source = _checkpoints(fork.folder / "forks", max_to_keep=None)
+        if fork.step not in source.all_steps():
+            raise RuntimeError(f"no saved state at step {fork.step} in {fork.folder / 'forks'} to branch from")
+        # The branch's log starts with its trunk's, which is its own history up to the fork.
+        rows = [r for r in _read_metrics(fork.folder / "metrics.jsonl") if r["step"] <= fork.step]
+        metrics_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    if source is not None:
+        at = source.latest_step() if source is ckpt else fork.step
         target = {"state": nnx.to_pure_dict(state), "acc": np.zeros(2), "elapsed": np.zeros(())}
-        restored = ckpt.restore(ckpt.latest_step(), args=ocp.args.StandardRestore(target))
+        restored = source.restore(at, args=ocp.args.StandardRestore(target))
         nnx.replace_by_pure_dict(state, restored["state"])
-        step = int(ckpt.latest_step())
+        step = int(at)
         acc_sum, acc_n = float(restored["acc"][0]), int(restored["acc"][1])
         elapsed0 = float(restored["elapsed"])
-        log.info("resumed %s at step %d", folder.name, step)
-    metrics_path = folder / "metrics.jsonl"
+        log.info("%s %s at step %d", "resumed" if source is ckpt else "branched", folder.name, step)
+        if source is not ckpt:
+            source.close()
     _truncate_metrics(metrics_path, step)
 
     summary = {
@@ -266,7 +310,8 @@ def _train(cfg: DictConfig, folder: Path) -> dict:
         "steps": steps, "length_source": length_source, "lr": peak_lr, "schedule": cfg.optim.name,
         "flops_per_token": per_token["flops"], "corpus": corpus.fingerprint, "versions": _versions(),
         "device": str(jax.devices()[0].device_kind), "platform": jax.default_backend(),
-        "resumed_from_step": step or None,
+        "resumed_from_step": (step or None) if source is ckpt else None,
+        **({"branch_of": fork.folder.name, "fork_step": fork.step} if fork else {}),
     }
     runs.write_json_atomic(folder / "summary.json", summary)
 
@@ -307,12 +352,12 @@ def _train(cfg: DictConfig, folder: Path) -> dict:
             st["overhead_s"] += time.time() - t0
         return True
 
-    def save(at_step: int) -> None:
+    def save(at_step: int, manager=ckpt) -> None:
         t0 = time.time()
-        ckpt.save(at_step, args=ocp.args.StandardSave({
+        manager.save(at_step, args=ocp.args.StandardSave({
             "state": nnx.to_pure_dict(state), "acc": np.array([st["sum"], st["n"]], dtype=np.float64),
             "elapsed": np.asarray(elapsed0 + time.time() - t_loop, dtype=np.float64)}), force=True)
-        ckpt.wait_until_finished()
+        manager.wait_until_finished()
         st["overhead_s"] += time.time() - t0
 
     pending, end = None, step
@@ -329,16 +374,18 @@ def _train(cfg: DictConfig, folder: Path) -> dict:
             end = start + n
             every = tc.checkpoint_every_steps
             due = time.time() - t_ckpt > tc.checkpoint_every_s or bool(every and end % every == 0)
-            if end in points or due or stop.signal:
+            signalled = stop.signal  # read once: a signal arriving later in this chunk waits for the next
+            if end in points or due or signalled:
                 if not finish(start, n, losses):
                     break
-                if (due or stop.signal) and end < steps:
+                if end in save_forks:
+                    save(end, forks)
+                if (due or signalled) and end < steps:
                     save(end)
                     t_ckpt = time.time()
-                if stop.signal:
+                if signalled:
                     st["status"] = "interrupted"
-                    log.warning("run %s interrupted by %s at step %d; checkpoint saved", folder.name,
-                                stop.signal, end)
+                    log.warning("run %s interrupted by %s at step %d; checkpoint saved", folder.name, signalled, end)
                     break
             else:
                 pending = (start, n, losses)
@@ -364,6 +411,8 @@ def _train(cfg: DictConfig, folder: Path) -> dict:
         summary["hardware_flops_per_s"] = summary["tokens_per_s"] * per_token["flops_hardware"]
     runs.write_json_atomic(folder / "summary.json", summary)
     ckpt.close()
+    if forks is not None:
+        forks.close()
     log.info("run %s %s: eval loss %s after %d steps, %.1f s", folder.name, status,
              summary["final_eval_loss"], done_steps, summary["wall_s"])
     return summary
@@ -380,18 +429,25 @@ def _throughput(st: dict, tokens_per_step: int) -> float | None:
     return n * tokens_per_step / seconds
 
 
+def _checkpoints(folder: Path, max_to_keep: int | None = 1) -> ocp.CheckpointManager:
+    return ocp.CheckpointManager(folder.absolute(), options=ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep, enable_async_checkpointing=False))
+
+
+def _read_metrics(path: Path) -> list[dict]:
+    rows = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            break  # a torn last line from a kill
+    return rows
+
+
 def _truncate_metrics(path: Path, step: int) -> None:
     """Drop log lines written after the checkpoint we resume from: they will be written again."""
-    if not path.exists():
-        return
-    keep = []
-    for line in path.read_text().splitlines():
-        try:
-            if json.loads(line)["step"] <= step:
-                keep.append(line)
-        except (ValueError, KeyError):
-            break  # a torn last line from a kill
-    path.write_text("".join(x + "\n" for x in keep))
+    if path.exists():
+        path.write_text("".join(json.dumps(r) + "\n" for r in _read_metrics(path) if r.get("step", math.inf) <= step))
 
 
 class _Progress:

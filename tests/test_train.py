@@ -5,6 +5,7 @@ import sys
 import jax
 import numpy as np
 import pytest
+from interrupt import StopAfter  # tests/interrupt.py
 
 from scaling import runs, train
 from scaling.config import ConfigError
@@ -36,27 +37,6 @@ def test_finished_run_is_skipped(make_cfg):
     assert again["wall_s"] == first["wall_s"]  # read back, not retrained
 
 
-class _StopAfter:
-    """Stands in for the signal handler: reports SIGTERM after `n` checks."""
-
-    def __init__(self, n):
-        self.n, self.calls = n, 0
-
-    def __call__(self):
-        return self
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        pass
-
-    @property
-    def signal(self):
-        self.calls += 1
-        return "SIGTERM" if self.calls > self.n else None
-
-
 @pytest.mark.parametrize("stop_after", [1, 4])
 def test_resume_equals_uninterrupted(make_cfg, tmp_path, monkeypatch, stop_after):
     base = ["train.steps=30", "train.n_evals=6", "data.unique_tokens=3000"]
@@ -64,7 +44,7 @@ def test_resume_equals_uninterrupted(make_cfg, tmp_path, monkeypatch, stop_after
     train.run(straight)
     cfg = make_cfg(*base, "sweep=interrupted")
     with monkeypatch.context() as m:
-        m.setattr(train, "_Stop", _StopAfter(stop_after))
+        m.setattr(train, "_Stop", StopAfter(stop_after))
         s = train.run(cfg)
     assert s["status"] == "interrupted" and s["steps_done"] < 30
     resumed = train.run(cfg)

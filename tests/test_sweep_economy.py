@@ -1,0 +1,123 @@
+"""Less work per sweep: warmup-stable-decay branching and packed (vmapped) seed / learning-rate variants.
+
+Both write every member as the run it stands for (same run id); these tests hold them to the separate runs.
+"""
+
+import json
+
+import jax
+import pytest
+from interrupt import StopAfter  # tests/interrupt.py
+
+from scaling import app, branching, collect, packing, runs, sweep, train
+from scaling.config import ConfigError
+
+# Bitwise on CPU; GPU reductions are not deterministic run to run.
+EXACT = 0 if jax.default_backend() == "cpu" else 1e-5
+BUDGETS = "train.branch_tokens=[2560,5120,7680]"  # 10, 20, 30 steps of 8 x 32 tokens
+
+
+def _steps(folder):
+    return [json.loads(x)["step"] for x in (folder / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_wsd_branches_are_the_separate_wsd_runs(make_cfg, tmp_path):
+    cfg = make_cfg("optim=wsd", "train.steps=null", BUDGETS, "sweep=branched")
+    summaries = branching.run(cfg)
+    trunk, branches = branching.plan(cfg)
+    assert [s for _, s, _ in branches] == [10, 20, 30]
+    assert [f for *_, f in branches] == [8, 16, 24]  # 20% cooldowns
+    assert trunk.optim.name == "constant" and trunk.train.steps == 24
+    for (b, steps, fork), s in zip(branches, summaries):
+        alone = train.run(make_cfg("optim=wsd", "train.steps=null", f"train.tokens={b.train.tokens}",
+                                   f"optim.warmup_steps={b.optim.warmup_steps}", "sweep=separate"))
+        assert s["run_id"] == alone["run_id"] and s["steps_done"] == steps
+        assert s["branch_of"] == branching.trunk_dir(cfg, trunk).name and s["fork_step"] == fork
+        assert s["final_eval_loss"] == pytest.approx(alone["final_eval_loss"], rel=EXACT, abs=0)
+        # The branch's log is the trunk's up to the fork, then its own cooldown.
+        assert set(_steps(runs.run_dir(b) / "../../separate" / alone["run_id"])) <= set(_steps(runs.run_dir(b)))
+    table, _, problems = collect.collect(tmp_path / "results" / "branched")
+    assert len(table) == 3 and not problems  # the trunk is not a run of the sweep
+    again = branching.run(cfg)  # relaunch: nothing retrained
+    assert [s["wall_s"] for s in again] == [s["wall_s"] for s in summaries]
+
+
+def test_interrupted_trunk_resumes_and_branches_match(make_cfg, monkeypatch):
+    cfg = make_cfg("optim=wsd", "train.steps=null", BUDGETS, "sweep=killed")
+    with monkeypatch.context() as m:
+        m.setattr(train, "_Stop", StopAfter(3))
+        with pytest.raises(RuntimeError, match="ended interrupted; its branches were not trained"):
+            branching.run(cfg)
+    resumed = branching.run(cfg)
+    straight = branching.run(make_cfg("optim=wsd", "train.steps=null", BUDGETS, "sweep=straight"))
+    assert [s["status"] for s in resumed] == ["completed"] * 3
+    for a, b in zip(resumed, straight):
+        assert a["final_eval_loss"] == pytest.approx(b["final_eval_loss"], rel=EXACT, abs=0)
+
+
+def test_packed_runs_match_separate_runs_and_relaunch_packs_only_what_is_left(make_cfg):
+    cfg = make_cfg("train.seeds=[0,1]", "optim.lrs=[0.003,0.01]", "sweep=packed")
+    summaries = packing.run(cfg)
+    assert len(summaries) == 4 and {s["status"] for s in summaries} == {"completed"}
+    for m, s in zip(packing.members(cfg), summaries):
+        alone = train.run(make_cfg(f"train.seed={m.train.seed}", f"optim.lr={m.optim.lr}", "sweep=separate"))
+        assert s["run_id"] == alone["run_id"] and (s["seed"], s["lr"]) == (m.train.seed, m.optim.lr)
+        # vmapped kernels sum in another order, and the peak rate is a separate factor: equal to rounding.
+        assert s["final_eval_loss"] == pytest.approx(alone["final_eval_loss"], rel=1e-5)
+        assert _steps(runs.run_dir(m)) == _steps(runs.run_dir(m).parent.parent / "separate" / alone["run_id"])
+    assert len({s["final_eval_loss"] for s in summaries}) == 4  # seeds and rates really differ
+    (runs.run_dir(packing.members(cfg)[3]) / "summary.json").unlink()
+    again = packing.run(cfg)
+    assert [s["wall_s"] for s in again[:3]] == [s["wall_s"] for s in summaries[:3]]
+    assert again[3]["final_eval_loss"] == pytest.approx(summaries[3]["final_eval_loss"], rel=1e-5)
+
+
+def test_a_diverging_member_leaves_the_others_alone(make_cfg):
+    cfg = make_cfg("optim.lrs=[0.003,1000]", "optim.warmup_frac=0", "train.seeds=[0]", "sweep=packed")
+    good, bad = packing.run(cfg)
+    assert bad["status"] == "diverged" and bad["steps_done"] == bad["diverged_at_step"] - 1
+    alone = train.run(make_cfg("optim.lr=0.003", "optim.warmup_frac=0", "sweep=separate"))
+    assert good["status"] == "completed"
+    assert good["final_eval_loss"] == pytest.approx(alone["final_eval_loss"], rel=1e-5)
+
+
+def test_interrupted_pack_resumes_to_the_same_result(make_cfg, monkeypatch):
+    cfg = make_cfg("train.seeds=[0,1]", "sweep=killed")
+    with monkeypatch.context() as m:
+        m.setattr(train, "_Stop", StopAfter(2))
+        first = packing.run(cfg)
+    assert {s["status"] for s in first} == {"interrupted"} and first[0]["steps_done"] < 24
+    resumed = packing.run(cfg)
+    straight = packing.run(make_cfg("train.seeds=[0,1]", "sweep=straight"))
+    for a, b in zip(resumed, straight):
+        assert a["status"] == "completed" and a["resumed_from_step"] == first[0]["steps_done"]
+        assert a["final_eval_loss"] == pytest.approx(b["final_eval_loss"], rel=EXACT, abs=0)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["train.branch_tokens=[1e4]"], "warmup-stable-decay trunk: it needs optim=wsd, got optim.name='cosine'"),
+    (["optim=wsd", "train.branch_tokens=[1e4]"], "leave train.steps and train.flops unset"),
+    (["optim=wsd", "train.steps=null", "train.branch_tokens=[1e4,-5]"], r"branch_tokens\[1\] must be a positive"),
+    (["optim=wsd", "train.steps=null", "train.branch_tokens=[1e4]", "train.seeds=[0,1]"], "cannot be combined"),
+    (["train.seeds=[]"], r"train.seeds must list at least one value, got \[\]"),
+    (["optim.lrs=[0.01,0]"], r"optim.lrs\[1\] must be a positive number, got 0"),
+    (["optim.warmup_steps=-1"], "optim.warmup_steps must be a non-negative integer or null, got -1"),
+])
+def test_branching_and_packing_config_errors(make_cfg, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        app.train_cell(make_cfg(*overrides))
+
+
+def test_sweep_options_turn_grid_axes_into_branches_and_packs():
+    spec = {"name": "economy", "overrides": ["model.seq_len=32", "train.batch_size=8"], "wsd_branches": True,
+            "pack": True, "grids": [{"model": ["s01", "s02"], "train.tokens": [2560, 5120, 7680]},
+                                    {"model": ["s01"], "train.seed": [0, 1, 2], "train.steps": [24]}]}
+    cells = sweep.cells(spec, [])
+    assert len(cells) == 3  # two branched sizes and one pack of three seeds
+    assert "train.branch_tokens=[2560,5120,7680]" in cells[0] and "optim=wsd" in cells[0]
+    assert "train.seeds=[0,1,2]" in cells[2]
+    rows = sweep.plan(spec, [], measure=False)
+    assert len(rows) == 9 and [r["cfg"].train.seed for r in rows[6:]] == [0, 1, 2]
+    # Per size: the trunk to the last fork (24 steps) and three cooldowns (2 + 4 + 6) instead of 10 + 20 + 30.
+    assert sum(r["trained_tokens"] for r in rows[:3]) == (24 + 2 + 4 + 6) * 8 * 32
+    assert {r["trained_tokens"] for r in rows[6:]} == {24 * 8 * 32}
