@@ -378,7 +378,7 @@ def _train(cfg: DictConfig, folder: Path, fork: Fork | None, save_forks: tuple[i
             if end in points or due or signalled:
                 if not finish(start, n, losses):
                     break
-                if end in save_forks:
+                if end in save_forks and end not in forks.all_steps():  # saved before a kill: the same state
                     save(end, forks)
                 if (due or signalled) and end < steps:
                     save(end)

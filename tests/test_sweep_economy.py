@@ -4,6 +4,7 @@ Both write every member as the run it stands for (same run id); these tests hold
 """
 
 import json
+import shutil
 
 import jax
 import pytest
@@ -48,6 +49,10 @@ def test_interrupted_trunk_resumes_and_branches_match(make_cfg, monkeypatch):
         m.setattr(train, "_Stop", StopAfter(3))
         with pytest.raises(RuntimeError, match="ended interrupted; its branches were not trained"):
             branching.run(cfg)
+    # As after a kill -9 before the trunk's first checkpoint: it restarts and passes the saved forks again.
+    trunk_dir = branching.trunk_dir(cfg, branching.plan(cfg)[0])
+    assert (trunk_dir / "forks" / "8").is_dir()
+    shutil.rmtree(trunk_dir / "ckpt")
     resumed = branching.run(cfg)
     straight = branching.run(make_cfg("optim=wsd", "train.steps=null", BUDGETS, "sweep=straight"))
     assert [s["status"] for s in resumed] == ["completed"] * 3
