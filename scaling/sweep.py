@@ -200,7 +200,7 @@ class Progress(threading.Thread):
     def _done_flops(self) -> tuple[float, list[str], int]:
         from scaling import runs
 
-        flops, training, finished = 0.0, [], 0
+        flops, training, finished, trunks = 0.0, [], 0, {}
         for folder, r in self.cells:
             s = runs.read_summary(folder) or {}
             if s.get("status") in runs.FINISHED:
@@ -208,11 +208,14 @@ class Progress(threading.Thread):
                 continue
             step = _step(folder)
             if "trunk" in r:  # a branch's history up to its fork is its trunk's
-                step = max(step, min(r["fork"], _step(r["trunk"])))
+                trunk_step = _step(r["trunk"])
+                step = max(step, min(r["fork"], trunk_step))
+                if not s and (runs.read_summary(r["trunk"]) or {}).get("status") == "running":
+                    trunks[r["trunk"]] = f"{r['model']} trunk step {trunk_step}"
             flops += r["hw_flops"] * step / r["steps"]
             if s.get("status") == "running":
                 training.append(f"{r['model']} {r['tokens']:.2g} tokens {100 * step / r['steps']:.0f}%")
-        return flops, training, finished
+        return flops, [*trunks.values(), *training], finished
 
     def report(self) -> str:
         flops, training, finished = self._done_flops()

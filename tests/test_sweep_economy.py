@@ -126,3 +126,16 @@ def test_sweep_options_turn_grid_axes_into_branches_and_packs():
     # Per size: the trunk to the last fork (24 steps) and three cooldowns (2 + 4 + 6) instead of 10 + 20 + 30.
     assert sum(r["trained_tokens"] for r in rows[:3]) == (24 + 2 + 4 + 6) * 8 * 32
     assert {r["trained_tokens"] for r in rows[6:]} == {24 * 8 * 32}
+
+
+def test_progress_line_follows_a_trunk_before_its_branches_start(tmp_path):
+    spec = {"name": "economy", "wsd_branches": True, "overrides": ["model.seq_len=32", "train.batch_size=8"],
+            "grids": [{"model": ["s01"], "train.tokens": [2560, 5120, 7680]}]}
+    rows = sweep.plan(spec, [f"results_dir={tmp_path}"], measure=False)
+    trunk = rows[0]["trunk"]
+    trunk.mkdir(parents=True)
+    runs.write_json_atomic(trunk / "summary.json", {"status": "running"})
+    runs.write_json_atomic(trunk / "progress.json", {"step": 16})
+    line = sweep.Progress(rows).report()
+    # Forks at 8, 16, 24 of 10, 20, 30 steps: each branch's history so far is min(fork, 16) of its steps.
+    assert line.startswith("[sweep] 0/3 runs done, 67% of the compute; training: s01 trunk step 16"), line
