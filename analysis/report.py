@@ -111,6 +111,10 @@ def fit_all(t: Table, n_boot: int = laws.N_BOOT, seed: int = 0, holdout_above=No
         if f:
             forms["muennighoff"] = f
     warnings = []
+    if "schedule" in df and df["schedule"].nunique() > 1:
+        counts = ", ".join(f"{k}: {v}" for k, v in df["schedule"].value_counts().sort_index().items())
+        warnings.append(f"the runs mix learning-rate schedules ({counts}); the fitted exponents depend on the "
+                        f"schedule, so fit one at a time (--where \"schedule == 'wsd'\")")
     if chin and "isoflop_parabola" in forms:
         a3, a2 = chin.params["a"], forms["isoflop_parabola"].params["a"]
         if a3["ci_high"] < a2["ci_low"] or a2["ci_high"] < a3["ci_low"]:

@@ -8,6 +8,7 @@ Standard columns (the names `scaling collect` writes, so our own tables need no 
     C       training compute in FLOPs. Ours: 6 N D. If absent it is computed as 6 N D.
     loss    final loss (ours: evaluation loss in nats per byte on the fixed validation set)
     steps, group, seed, budget   optional
+    schedule    optional: the learning-rate schedule; a table that mixes schedules gets a warning in the report
 
 When only N and C are given, D = C / (6 N). Rows with non-finite or non-positive N, D, C or loss, and rows
 whose status is not "completed", are excluded and reported.
@@ -110,7 +111,7 @@ def from_frame(raw: pd.DataFrame, source: str = "<frame>", n=None, d=None, c=Non
     df = pd.DataFrame({k: raw[v].to_numpy() for k, v in cols.items() if v is not None})
     if cols["D"] != "D" and "D" in raw.columns:
         df["U"] = raw["D"].to_numpy()  # our unique-token budget, when D is tokens seen
-    for extra in ("epochs", "status", "run_id", "sweep", "lr", "model"):
+    for extra in ("epochs", "status", "run_id", "sweep", "lr", "model", "schedule"):
         if extra in raw.columns and extra not in df:
             df[extra] = raw[extra].to_numpy()
     excluded = []

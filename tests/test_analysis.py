@@ -186,3 +186,14 @@ def test_analysis_imports_no_jax_or_training_code():
             "m.startswith('scaling.train')]; print(bad); sys.exit(bool(bad))")
     r = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_a_table_that_mixes_schedules_is_flagged_and_can_be_split(tmp_path):
+    t = chinchilla_table(noise=0.003)
+    df = t.df.assign(C=6 * t.df["N"] * t.df["D"], status="completed",
+                     schedule=["cosine" if i % 2 else "wsd" for i in range(len(t.df))])
+    df.to_csv(tmp_path / "runs.csv", index=False)
+    mixed = report.fit_all(report.load(tmp_path / "runs.csv"), n_boot=10)
+    assert any("mix learning-rate schedules (cosine: " in w and "schedule == 'wsd'" in w for w in mixed["warnings"])
+    one = report.fit_all(report.load(tmp_path / "runs.csv", where="schedule == 'wsd'"), n_boot=10)
+    assert not any("schedules" in w for w in one["warnings"])
