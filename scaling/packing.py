@@ -47,14 +47,21 @@ def run(cfg: DictConfig) -> list[dict]:
     except ValueError as e:
         raise ConfigError(str(e)) from None
     everyone = members(cfg)
-    done = {id(m): s for m in everyone
-            if (s := runs.read_summary(runs.run_dir(m))) and s.get("status") in runs.FINISHED}
+    skip = runs.FINISHED | (set() if cfg.rerun_failed else runs.RETRY_ON_REQUEST)
+    done = {id(m): s for m in everyone if (s := runs.read_summary(runs.run_dir(m))) and s.get("status") in skip}
     todo = [m for m in everyone if id(m) not in done]
     if len(todo) == 1:
         done[id(todo[0])] = train.run(todo[0])
     elif todo:
-        for m, s in zip(todo, _train(todo)):
-            done[id(m)] = s
+        try:
+            summaries = _train(todo)
+        except ConfigError:
+            raise
+        except Exception as e:  # every member keeps the evidence, as a single run would
+            for m in todo:
+                train.record_failure(runs.run_dir(m), e)
+            raise
+        done.update({id(m): s for m, s in zip(todo, summaries)})
     return [done[id(m)] for m in everyone]
 
 

@@ -234,11 +234,16 @@ def run(cfg: DictConfig, folder: Path | None = None, fork: Fork | None = None,
     except ConfigError:
         raise
     except Exception as e:  # keep the evidence in the run folder, then let the launcher see the failure
-        (folder / "error.txt").write_text(traceback.format_exc())
-        summary = runs.read_summary(folder) or {}
-        summary.update(status="failed", error=f"{type(e).__name__}: {e}")
-        runs.write_json_atomic(folder / "summary.json", summary)
+        record_failure(folder, e)
         raise
+
+
+def record_failure(folder: Path, e: Exception) -> None:
+    """Mark a run failed, with the traceback in error.txt (rerun only with rerun_failed=true)."""
+    (folder / "error.txt").write_text(traceback.format_exc())
+    summary = runs.read_summary(folder) or {}
+    summary.update(status="failed", error=f"{type(e).__name__}: {e}")
+    runs.write_json_atomic(folder / "summary.json", summary)
 
 
 def _train(cfg: DictConfig, folder: Path, fork: Fork | None, save_forks: tuple[int, ...],

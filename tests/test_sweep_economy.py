@@ -139,3 +139,21 @@ def test_progress_line_follows_a_trunk_before_its_branches_start(tmp_path):
     line = sweep.Progress(rows).report()
     # Forks at 8, 16, 24 of 10, 20, 30 steps: each branch's history so far is min(fork, 16) of its steps.
     assert line.startswith("[sweep] 0/3 runs done, 67% of the compute; training: s01 trunk step 16"), line
+
+
+def test_a_failing_pack_marks_every_member_failed(make_cfg, monkeypatch):
+    cfg = make_cfg("train.seeds=[0,1]", "sweep=failing")
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    with monkeypatch.context() as m:
+        m.setattr(train, "build", boom)
+        with pytest.raises(RuntimeError, match="boom"):
+            packing.run(cfg)
+    folders = [runs.run_dir(m) for m in packing.members(cfg)]
+    for f in folders:
+        assert runs.read_summary(f)["status"] == "failed" and "boom" in (f / "error.txt").read_text()
+    assert [s["status"] for s in packing.run(cfg)] == ["failed", "failed"]  # kept until asked
+    retried = packing.run(make_cfg("train.seeds=[0,1]", "sweep=failing", "rerun_failed=true"))
+    assert [s["status"] for s in retried] == ["completed", "completed"]
