@@ -35,11 +35,14 @@ GPU_PEAKS = {
 
 
 def _best_seconds(fn, *args, repeats: int = 5) -> float:
-    fn(*args).block_until_ready()
+    """Best wall time of fn(*args) over `repeats` calls after a warm-up; fn may return JAX or numpy arrays."""
+    import jax
+
+    jax.block_until_ready(fn(*args))
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
-        fn(*args).block_until_ready()
+        jax.block_until_ready(fn(*args))
         best = min(best, time.perf_counter() - t0)
     return best
 
@@ -56,7 +59,7 @@ def measure_cpu_peak() -> dict:
     a = jnp.ones((n, n), jnp.float32)
     xla = 2 * n**3 / _best_seconds(jax.jit(lambda x: x @ x), a, repeats=3)
     b = np.ones((n, n), np.float32)
-    blas = 2 * n**3 / _best_seconds(lambda x: _Ready(x @ x), b, repeats=3)
+    blas = 2 * n**3 / _best_seconds(lambda x: x @ x, b, repeats=3)
 
     width, unroll, trips = 131072, 16, 400
 
@@ -72,16 +75,6 @@ def measure_cpu_peak() -> dict:
     x = jnp.linspace(0, 1, width, dtype=jnp.float32).reshape(8, -1)
     loop = 2 * width * unroll * trips / _best_seconds(fma, x)
     return {"matmul": xla, "blas_matmul": blas, "fma_loop": loop, "peak": max(xla, blas, loop)}
-
-
-class _Ready:
-    """A numpy result with JAX's block_until_ready, for _best_seconds."""
-
-    def __init__(self, x):
-        self.x = x
-
-    def block_until_ready(self):
-        return self.x
 
 
 def device_peak(dtype: str, override_gflops: float | None) -> tuple[float, str]:
