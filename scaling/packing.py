@@ -76,11 +76,8 @@ def _train(todo: list[DictConfig]) -> list[dict]:
     t_start = time.time()
     train.enable_compilation_cache(cfg.data.cache_dir)
     shape = train.shape_of(cfg)
-    counts, per_token = sizes.count_params(shape), sizes.flops_per_token(shape)
-    corpus = data_lib.load_corpus(cfg.data.corpus, cfg.data.val_fraction, cfg.data.cache_dir)
-    if corpus.vocab > shape.vocab:
-        raise ConfigError(f"model.vocab={shape.vocab} is smaller than the corpus vocabulary ({corpus.vocab})")
-    unique = int(cfg.data.unique_tokens) if cfg.data.unique_tokens is not None else corpus.n_train
+    counts = sizes.count_params(shape)
+    corpus, unique = train.training_corpus(cfg, shape)
     tc = cfg.train
     tokens_per_step = tc.batch_size * shape.seq_len
     steps, length_source = train.resolve_steps(tc, counts["N"], tokens_per_step)
@@ -92,9 +89,7 @@ def _train(todo: list[DictConfig]) -> list[dict]:
     batches = [data_lib.Batches(corpus, unique, shape.seq_len, tc.batch_size, seed) for seed, _ in pairs]
     probe_tasks = probes.tasks(cfg.probes)
     probe_sets = [probes.eval_set(t, cfg.probes.eval_items, shape.seq_len) for t in probe_tasks]
-    val = data_lib.eval_windows(corpus, shape.seq_len, cfg.data.eval_windows)
-    eval_bs = min(64, len(val))
-    val = jnp.asarray(val[: len(val) // eval_bs * eval_bs].reshape(-1, eval_bs, shape.seq_len + 1))
+    val = train.eval_batches(corpus, shape, cfg.data.eval_windows)
     log.info("pack of %d runs: N=%s layers=%d d_model=%d; %d steps (%s); (seed, lr) %s", len(todo),
              f"{counts['N']:,}", shape.n_layers, shape.d_model, steps, length_source, pairs)
 
@@ -111,10 +106,7 @@ def _train(todo: list[DictConfig]) -> list[dict]:
         log.info("resumed pack %s at step %d", home.name, step)
     for f in folders:
         train._truncate_metrics(f / "metrics.jsonl", step)
-    base = {"sweep": cfg.sweep, "model": cfg.model.name, **shape.to_dict(), **counts, "D": unique,
-            "batch_size": tc.batch_size, "steps": steps, "length_source": length_source, "schedule": cfg.optim.name,
-            "flops_per_token": per_token["flops"], "corpus": corpus.fingerprint, "versions": train._versions(),
-            "device": str(train.jax.devices()[0].device_kind), "platform": train.jax.default_backend(),
+    base = {**train.summary_head(cfg, shape, unique, steps, length_source, corpus),
             "resumed_from_step": step or None, "pack_id": home.name, "pack_size": p}
     summaries = [{"run_id": f.name, "status": "running", **base, "seed": seed, "lr": lr}
                  for f, (seed, lr) in zip(folders, pairs)]
@@ -123,7 +115,7 @@ def _train(todo: list[DictConfig]) -> list[dict]:
 
     limit = tc.diverge_factor * math.log(shape.vocab)
     last: list[dict | None] = [None] * p
-    timing = {"first_s": None, "t_first": None, "first_n": 0, "trained": 0, "overhead_s": 0.0}
+    timing = {"first_s": None, "t_first_done": None, "first_n": 0, "trained": 0, "overhead_s": 0.0}
     t_loop = t_ckpt = time.time()
 
     def save(at: int) -> None:
@@ -145,7 +137,7 @@ def _train(todo: list[DictConfig]) -> list[dict]:
             host = np.asarray(losses)[:, :n]
             end = start + n
             if timing["first_s"] is None:
-                timing.update(first_s=time.time() - t_start, t_first=time.time(), first_n=n)
+                timing.update(first_s=time.time() - t_start, t_first_done=time.time(), first_n=n)
             timing["trained"] += n
             for i in np.flatnonzero(bad == 0):
                 wrong = np.flatnonzero(~np.isfinite(host[i]) | (host[i] > limit))
@@ -162,7 +154,7 @@ def _train(todo: list[DictConfig]) -> list[dict]:
                     lp, hit = probe_logprobs(state, jnp.asarray(es.rows))
                     for i in range(p):
                         scored[i].update(probes.score(es, lp[i], hit[i]))
-                tok_s = _throughput(timing, tokens_per_step * p)
+                tok_s = train._throughput(timing, tokens_per_step * p)
                 for i in np.flatnonzero(bad == 0):
                     row = {"step": end, "tokens_seen": end * tokens_per_step, "train_loss": sums[i] / ns[i],
                            "eval_loss": float(evals[i]), **scored[i], "lr": float(lr_fns[i](end - 1)),
@@ -186,33 +178,13 @@ def _train(todo: list[DictConfig]) -> list[dict]:
     if status == "completed" and not bad.all():
         save(steps)
     ckpt.close()
-    tok_s = _throughput(timing, tokens_per_step * p)
+    tok_s = train._throughput(timing, tokens_per_step * p)
     for i, s in enumerate(summaries):
-        done = bad[i] - 1 if bad[i] else end
-        seen = done * tokens_per_step
         s.update({
             "status": "diverged" if bad[i] else status, "diverged_at_step": int(bad[i]) or None,
-            "steps_done": int(done), "tokens_seen": seen, "unique_tokens_seen": min(unique, seen),
-            "epochs": seen / unique,
-            **{key: v * seen for key, v in per_token.items() if key != "flops_hardware"},
-            "final_train_loss": last[i]["train_loss"] if last[i] else None,
-            "final_eval_loss": last[i]["eval_loss"] if last[i] else None,
-            **({key: v for key, v in last[i].items() if key.startswith("probe/")} if last[i] else {}),
-            **probes.metadata(probe_tasks, cfg.probes.eval_items, cfg.probes.train_fraction),
-            "wall_s": elapsed0 + time.time() - t_loop, "time_to_first_step_s": timing["first_s"],
-            "tokens_per_s": tok_s and tok_s / p,
+            **train.summary_totals(cfg, shape, unique, bad[i] - 1 if bad[i] else end, last[i], probe_tasks),
+            **train.summary_timing(shape, elapsed0 + time.time() - t_loop, timing["first_s"], tok_s and tok_s / p),
         })
-        if s["tokens_per_s"]:
-            s["hardware_flops_per_s"] = s["tokens_per_s"] * per_token["flops_hardware"]
         runs.write_json_atomic(folders[i] / "summary.json", s)
     log.info("pack %s %s: eval losses %s", home.name, status, [s["final_eval_loss"] for s in summaries])
     return summaries
-
-
-def _throughput(timing: dict, tokens_per_step: int) -> float | None:
-    """Steady-state tokens/s of the whole pack: the first chunk (compilation) and evaluation time excluded."""
-    if timing["t_first"] is None:
-        return None
-    n, seconds = timing["trained"] - timing["first_n"], time.time() - timing["t_first"] - timing["overhead_s"]
-    return n * tokens_per_step / seconds if n > 0 and seconds > 0 else None
-

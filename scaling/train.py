@@ -252,11 +252,7 @@ def _train(cfg: DictConfig, folder: Path, fork: Fork | None, save_forks: tuple[i
     enable_compilation_cache(cfg.data.cache_dir)
     shape = shape_of(cfg)
     counts = sizes.count_params(shape)
-    per_token = sizes.flops_per_token(shape)
-    corpus = data_lib.load_corpus(cfg.data.corpus, cfg.data.val_fraction, cfg.data.cache_dir)
-    if corpus.vocab > shape.vocab:
-        raise ConfigError(f"model.vocab={shape.vocab} is smaller than the corpus vocabulary ({corpus.vocab})")
-    unique = int(cfg.data.unique_tokens) if cfg.data.unique_tokens is not None else corpus.n_train
+    corpus, unique = training_corpus(cfg, shape)
     tc = cfg.train
     batches = data_lib.Batches(corpus, unique, shape.seq_len, tc.batch_size, tc.seed)
     tokens_per_step = tc.batch_size * shape.seq_len
@@ -279,9 +275,7 @@ def _train(cfg: DictConfig, folder: Path, fork: Fork | None, save_forks: tuple[i
     log.info("run %s: N=%s (non-embedding) N_total=%s layers=%d d_model=%d; D=%s; %d steps (%s); lr=%.3g",
              folder.name, f"{counts['N']:,}", f"{counts['N_total']:,}", shape.n_layers, shape.d_model,
              f"{unique:,}", steps, length_source, peak_lr)
-    val = data_lib.eval_windows(corpus, shape.seq_len, cfg.data.eval_windows)
-    eval_bs = min(64, len(val))
-    val = jnp.asarray(val[: len(val) // eval_bs * eval_bs].reshape(-1, eval_bs, shape.seq_len + 1))
+    val = eval_batches(corpus, shape, cfg.data.eval_windows)
 
     # Resume from the latest checkpoint, if any.
     ckpt = _checkpoints(folder / "ckpt")
@@ -310,12 +304,8 @@ def _train(cfg: DictConfig, folder: Path, fork: Fork | None, save_forks: tuple[i
     _truncate_metrics(metrics_path, step)
 
     summary = {
-        "run_id": folder.name, "sweep": cfg.sweep, "status": "running", "model": cfg.model.name,
-        **shape.to_dict(), **counts, "D": unique, "batch_size": tc.batch_size, "seed": tc.seed,
-        "steps": steps, "length_source": length_source, "lr": peak_lr, "schedule": cfg.optim.name,
-        "flops_per_token": per_token["flops"], "corpus": corpus.fingerprint, "versions": _versions(),
-        "device": str(jax.devices()[0].device_kind), "platform": jax.default_backend(),
-        "resumed_from_step": (step or None) if source is ckpt else None,
+        "run_id": folder.name, "status": "running", **summary_head(cfg, shape, unique, steps, length_source, corpus),
+        "seed": tc.seed, "lr": peak_lr, "resumed_from_step": (step or None) if source is ckpt else None,
         **({"branch_of": fork.folder.name, "fork_step": fork.step} if fork else {}),
     }
     runs.write_json_atomic(folder / "summary.json", summary)
@@ -399,21 +389,11 @@ def _train(cfg: DictConfig, folder: Path, fork: Fork | None, save_forks: tuple[i
     if status == "completed":
         save(steps)
     done_steps = st["bad_step"] - 1 if st["bad_step"] else end
-    tokens_seen = done_steps * tokens_per_step
-    last = st["last"]
     summary.update({
-        "status": status, "diverged_at_step": st["bad_step"], "steps_done": done_steps,
-        "tokens_seen": tokens_seen, "unique_tokens_seen": min(unique, tokens_seen), "epochs": tokens_seen / unique,
-        **{key: v * tokens_seen for key, v in per_token.items() if key != "flops_hardware"},
-        "final_train_loss": last["train_loss"] if last else None,
-        "final_eval_loss": last["eval_loss"] if last else None,
-        **({key: v for key, v in last.items() if key.startswith("probe/")} if last else {}),
-        **probes.metadata(probe_tasks, cfg.probes.eval_items, cfg.probes.train_fraction),
-        "wall_s": elapsed0 + time.time() - t_loop, "time_to_first_step_s": st["first_s"],
-        "tokens_per_s": _throughput(st, tokens_per_step),
+        "status": status, "diverged_at_step": st["bad_step"],
+        **summary_totals(cfg, shape, unique, done_steps, st["last"], probe_tasks),
+        **summary_timing(shape, elapsed0 + time.time() - t_loop, st["first_s"], _throughput(st, tokens_per_step)),
     })
-    if summary["tokens_per_s"]:
-        summary["hardware_flops_per_s"] = summary["tokens_per_s"] * per_token["flops_hardware"]
     runs.write_json_atomic(folder / "summary.json", summary)
     ckpt.close()
     if forks is not None:
@@ -421,6 +401,55 @@ def _train(cfg: DictConfig, folder: Path, fork: Fork | None, save_forks: tuple[i
     log.info("run %s %s: eval loss %s after %d steps, %.1f s", folder.name, status,
              summary["final_eval_loss"], done_steps, summary["wall_s"])
     return summary
+
+
+def training_corpus(cfg: DictConfig, shape: sizes.Shape):
+    """The corpus and D, the unique tokens the run may see; the model's vocabulary must cover the corpus."""
+    corpus = data_lib.load_corpus(cfg.data.corpus, cfg.data.val_fraction, cfg.data.cache_dir)
+    if corpus.vocab > shape.vocab:
+        raise ConfigError(f"model.vocab={shape.vocab} is smaller than the corpus vocabulary ({corpus.vocab})")
+    return corpus, int(cfg.data.unique_tokens) if cfg.data.unique_tokens is not None else corpus.n_train
+
+
+def eval_batches(corpus, shape: sizes.Shape, n_windows: int):
+    """The fixed validation windows, in batches of up to 64: the eval_loss input."""
+    val = data_lib.eval_windows(corpus, shape.seq_len, n_windows)
+    eval_bs = min(64, len(val))
+    return jnp.asarray(val[: len(val) // eval_bs * eval_bs].reshape(-1, eval_bs, shape.seq_len + 1))
+
+
+def summary_head(cfg: DictConfig, shape: sizes.Shape, unique: int, steps: int, length_source: str, corpus) -> dict:
+    """What a run's summary says before it trains: shape, counts, data, length, schedule and environment."""
+    return {"sweep": cfg.sweep, "model": cfg.model.name, **shape.to_dict(), **sizes.count_params(shape), "D": unique,
+            "batch_size": cfg.train.batch_size, "steps": steps, "length_source": length_source,
+            "schedule": cfg.optim.name, "flops_per_token": sizes.flops_per_token(shape)["flops"],
+            "corpus": corpus.fingerprint, "versions": _versions(), "device": str(jax.devices()[0].device_kind),
+            "platform": jax.default_backend()}
+
+
+def summary_totals(cfg: DictConfig, shape: sizes.Shape, unique: int, done_steps: int, last: dict | None,
+                   probe_tasks) -> dict:
+    """A run's accounting after `done_steps` steps: tokens, epochs, FLOPs under each convention (scaling.sizes),
+    final losses and probe metrics (from `last`, its last log row)."""
+    tokens_seen = done_steps * cfg.train.batch_size * shape.seq_len
+    per_token = sizes.flops_per_token(shape)
+    return {
+        "steps_done": int(done_steps), "tokens_seen": tokens_seen, "unique_tokens_seen": min(unique, tokens_seen),
+        "epochs": tokens_seen / unique,
+        **{key: v * tokens_seen for key, v in per_token.items() if key != "flops_hardware"},
+        "final_train_loss": last["train_loss"] if last else None,
+        "final_eval_loss": last["eval_loss"] if last else None,
+        **({key: v for key, v in last.items() if key.startswith("probe/")} if last else {}),
+        **probes.metadata(probe_tasks, cfg.probes.eval_items, cfg.probes.train_fraction),
+    }
+
+
+def summary_timing(shape: sizes.Shape, wall_s: float, first_s: float | None, tokens_per_s: float | None) -> dict:
+    """Wall time, time to first step, steady tokens/s and the hardware FLOP/s it means."""
+    out = {"wall_s": wall_s, "time_to_first_step_s": first_s, "tokens_per_s": tokens_per_s}
+    if tokens_per_s:
+        out["hardware_flops_per_s"] = tokens_per_s * sizes.flops_per_token(shape)["flops_hardware"]
+    return out
 
 
 def _throughput(st: dict, tokens_per_step: int) -> float | None:
