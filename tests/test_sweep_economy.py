@@ -157,3 +157,16 @@ def test_a_failing_pack_marks_every_member_failed(make_cfg, monkeypatch):
     assert [s["status"] for s in packing.run(cfg)] == ["failed", "failed"]  # kept until asked
     retried = packing.run(make_cfg("train.seeds=[0,1]", "sweep=failing", "rerun_failed=true"))
     assert [s["status"] for s in retried] == ["completed", "completed"]
+
+
+def test_cells_launch_largest_first_and_finished_cells_weigh_nothing(tmp_path):
+    spec = {"name": "order", "overrides": ["model.seq_len=32", "train.batch_size=8"],
+            "grids": [{"model": ["s01", "s02"], "train.tokens": [2560, 7680]}]}
+    rows = sweep.plan(spec, [f"results_dir={tmp_path}"], measure=False)
+    work = {r["cell"]: sweep._work(r) for r in rows}
+    assert sweep._largest_first(spec["grids"][0], work) == {"model": ["s02", "s01"], "train.tokens": [7680, 2560]}
+    for r in rows:  # s02's runs are done: only s01's remaining work counts
+        if r["model"] == "s02":
+            r["status"] = "completed"
+    work = {r["cell"]: sweep._work(r) for r in rows}
+    assert sweep._largest_first(spec["grids"][0], work)["model"] == ["s01", "s02"]
