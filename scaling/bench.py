@@ -3,8 +3,8 @@
     scaling bench [--sizes s01,s04,s08,s12] [--batch 32] [--dtype float32|bfloat16] [--seconds 5]
                   [--pack P] [--peak GFLOPS] [--out results/bench] [overrides ...]
 
-Per size: steady-state tokens/s (compilation excluded, several optimizer steps per dispatch exactly as in
-training), achieved FLOP/s under the hardware convention of scaling.sizes (6 N + attention + tied output
+Per size: steady-state tokens/s (compilation excluded, several optimizer steps per dispatch and the batch split
+over the local devices (scaling.devices) exactly as in training; `train.data_parallel=false` for one device), achieved FLOP/s under the hardware convention of scaling.sizes (6 N + attention + tied output
 projection per token; 6 N alone is the `model_gflops` column), compile time cold and from JAX's persistent cache,
 time to first step (model init + compile + first dispatch), and the fraction of the device's peak.
 
@@ -96,7 +96,7 @@ def device_peak(dtype: str, override_gflops: float | None) -> tuple[float, str]:
 def bench_size(cfg, seconds: float, pack: int = 1) -> dict:
     import jax
 
-    from scaling import sizes
+    from scaling import devices, sizes
     from scaling.train import build, random_chunk, shape_of, steady_tokens_per_s
 
     shape = shape_of(cfg)
@@ -119,18 +119,20 @@ def bench_size(cfg, seconds: float, pack: int = 1) -> dict:
     per_token = sizes.flops_per_token(shape)
     return {"model": cfg.model.name, "N": sizes.count_params(shape)["N"], "n_layers": shape.n_layers,
             "d_model": shape.d_model, "batch_size": b, "seq_len": shape.seq_len, "dtype": cfg.model.dtype,
-            "steps_per_dispatch": k, "pack": pack, "tokens_per_s": tok_s,
+            "steps_per_dispatch": k, "pack": pack,
+            "devices": devices.device_count(b, cfg.train.data_parallel), "tokens_per_s": tok_s,
             "hardware_gflops": tok_s * per_token["flops_hardware"] / 1e9,
             "model_gflops": tok_s * 6 * sizes.count_params(shape)["N"] / 1e9, "compile_s": compile_cold,
             "compile_cached_s": compile_cached, "time_to_first_step_s": first}
 
 
 def to_markdown(rows: list[dict], device: str, peak_note: str) -> str:
-    head = ("| size | N | layers x width | tokens/s | hardware GFLOP/s | 6N GFLOP/s | fraction of peak | "
+    head = ("| size | N | layers x width | devices | tokens/s | hardware GFLOP/s | 6N GFLOP/s | fraction of peak | "
             "compile s (cold / cached) | first step s |")
-    lines = [f"Device: {device}. Peak: {peak_note}.", "", head, "|" + "---|" * 9]
+    lines = [f"Device: {device}. Peak: {peak_note}.", "", head, "|" + "---|" * 10]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['N']:.2e} | {r['n_layers']} x {r['d_model']} | {r['tokens_per_s']:,.0f} | "
+        lines.append(f"| {r['model']} | {r['N']:.2e} | {r['n_layers']} x {r['d_model']} | {r['devices']} | "
+                     f"{r['tokens_per_s']:,.0f} | "
                      f"{r['hardware_gflops']:.1f} | {r['model_gflops']:.1f} | {r['fraction_of_peak']:.1%} | "
                      f"{r['compile_s']:.1f} / {r['compile_cached_s']:.1f} | {r['time_to_first_step_s']:.1f} |")
     return "\n".join(lines) + "\n"
@@ -153,8 +155,11 @@ def main(argv: list[str]) -> int:
     import jax
     import pandas as pd
 
+    from scaling import devices
     from scaling.config import ConfigError
     from scaling.sweep import compose
+
+    devices.use_every_core()  # before the peak measurement starts JAX
 
     jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="scaling-bench-jax-"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
@@ -170,7 +175,9 @@ def main(argv: list[str]) -> int:
     rows = []
     for cfg in cfgs:
         r = bench_size(cfg, a.seconds, a.pack)
-        r.update(device=device, peak_gflops=peak / 1e9, fraction_of_peak=r["hardware_gflops"] * 1e9 / peak)
+        # A CPU peak is measured on all cores at once; a GPU's datasheet peak is per device.
+        total = peak * (r["devices"] if dev.platform == "gpu" else 1)
+        r.update(device=device, peak_gflops=total / 1e9, fraction_of_peak=r["hardware_gflops"] * 1e9 / total)
         rows.append(r)
         print(f"  {r['model']}: {r['tokens_per_s']:,.0f} tokens/s, {r['hardware_gflops']:.1f} GFLOP/s "
               f"({r['fraction_of_peak']:.1%} of peak), compile {r['compile_s']:.1f} s", flush=True)

@@ -92,6 +92,7 @@ class TrainConfig:
     seeds: list[int] | None = None
     n_evals: int = 16  # log-spaced evaluation points, the last step always included
     steps_per_dispatch: int = 8  # optimizer steps fused into one jitted lax.scan call
+    data_parallel: bool = True  # split each batch over every local device (scaling.devices)
     checkpoint_every_s: float = 60.0
     checkpoint_every_steps: int | None = None
     diverge_factor: float = 1.5  # loss above diverge_factor * ln(vocab) counts as diverged
@@ -120,6 +121,7 @@ NON_IDENTITY_KEYS = {
     "train.progress",
     "train.checkpoint_every_s",
     "train.checkpoint_every_steps",
+    "train.data_parallel",
     "data.cache_dir",
 }
 

@@ -100,6 +100,7 @@ def _train(todo: list[DictConfig]) -> list[dict]:
         target = {"state": nnx.to_pure_dict(state), "acc": np.zeros((3, p)), "elapsed": np.zeros(())}
         restored = ckpt.restore(ckpt.latest_step(), args=ocp.args.StandardRestore(target))
         nnx.replace_by_pure_dict(state, restored["state"])
+        state = train.place_state(cfg, state)
         step = int(ckpt.latest_step())
         sums, ns, bad = restored["acc"][0], restored["acc"][1], restored["acc"][2].astype(int)
         elapsed0 = float(restored["elapsed"])

@@ -28,12 +28,13 @@ from flax import nnx
 from omegaconf import DictConfig, OmegaConf
 
 from scaling import data as data_lib
-from scaling import probes, runs, sizes
+from scaling import devices, probes, runs, sizes
 from scaling.config import ConfigError, validate
 from scaling.model import Transformer, cross_entropy, loss_fn
 from scaling.optim import make_optimizer
 
 log = logging.getLogger("scaling.train")
+devices.use_every_core()  # before JAX's first operation: one CPU device per core, for data parallelism
 logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax logs every checkpoint step at INFO
 
 
@@ -137,15 +138,17 @@ def build(cfg: DictConfig, shape: sizes.Shape, steps: int, peak_lr: float,
         state = jax.tree.map(lambda *xs: jnp.stack(xs), *(p[1] for p in parts))
 
     def train_chunk(state, tokens, active):
-        def body(state, xs):
-            batch, on = xs
+        def step(state, batch):
             model, opt = nnx.merge(graphdef, state)
             loss, grads = nnx.value_and_grad(loss_fn)(model, batch)
             opt.update(model, grads)
-            new_state = nnx.state((model, opt))
-            # The final chunk may be shorter than k: its padding steps compute but change nothing.
-            state = jax.tree.map(lambda a, b: jnp.where(on, a, b), new_state, state)
-            return state, loss
+            return nnx.state((model, opt)), loss
+
+        def body(state, xs):
+            # The final chunk may be shorter than k: its padding steps are skipped. (Selecting between the old
+            # and new state after the step would not do: the merged model updates the old state's variables.)
+            batch, on = xs
+            return jax.lax.cond(on, step, lambda state, _: (state, jnp.zeros((), jnp.float32)), state, batch)
 
         return jax.lax.scan(body, state, (tokens, active))
 
@@ -167,7 +170,24 @@ def build(cfg: DictConfig, shape: sizes.Shape, steps: int, peak_lr: float,
     if members is not None:
         train_chunk = jax.vmap(train_chunk, in_axes=(0, 0, None))
         eval_loss, probe_logprobs = (jax.vmap(f, in_axes=(0, None)) for f in (eval_loss, probe_logprobs))
-    return state, jax.jit(train_chunk, donate_argnums=0), jax.jit(eval_loss), jax.jit(probe_logprobs), lr_fn
+    mesh = devices.data_mesh(cfg.train.batch_size, cfg.train.data_parallel)
+    if mesh is None:
+        return state, jax.jit(train_chunk, donate_argnums=0), jax.jit(eval_loss), jax.jit(probe_logprobs), lr_fn
+    # XLA partitions each program over the mesh from these shardings and sums the gradients across devices.
+    rep = devices.replicated(mesh)
+    state = jax.device_put(state, rep)
+    batch_axis = 1 if members is None else 2  # tokens (k, batch, seq + 1), packed (members, k, batch, seq + 1)
+    chunk_fn = jax.jit(train_chunk, in_shardings=(rep, devices.split(mesh, batch_axis), rep),
+                       out_shardings=rep, donate_argnums=0)
+    eval_fn, probe_fn = jax.jit(eval_loss), jax.jit(probe_logprobs)
+    return (state, chunk_fn, lambda state, val: eval_fn(state, devices.place(val, mesh, 1)),
+            lambda state, rows: probe_fn(state, devices.place(rows, mesh, 0)), lr_fn)
+
+
+def place_state(cfg: DictConfig, state):
+    """A restored state put where build() keeps it: replicated over the data-parallel devices, if any."""
+    mesh = devices.data_mesh(cfg.train.batch_size, cfg.train.data_parallel)
+    return state if mesh is None else jax.device_put(state, devices.replicated(mesh))
 
 
 def random_chunk(shape: sizes.Shape, k: int, batch: int, members: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -295,6 +315,7 @@ def _train(cfg: DictConfig, folder: Path, fork: Fork | None, save_forks: tuple[i
         target = {"state": nnx.to_pure_dict(state), "acc": np.zeros(2), "elapsed": np.zeros(())}
         restored = source.restore(at, args=ocp.args.StandardRestore(target))
         nnx.replace_by_pure_dict(state, restored["state"])
+        state = place_state(cfg, state)
         step = int(at)
         acc_sum, acc_n = float(restored["acc"][0]), int(restored["acc"][1])
         elapsed0 = float(restored["elapsed"])
@@ -424,7 +445,8 @@ def summary_head(cfg: DictConfig, shape: sizes.Shape, unique: int, steps: int, l
             "batch_size": cfg.train.batch_size, "steps": steps, "length_source": length_source,
             "schedule": cfg.optim.name, "flops_per_token": sizes.flops_per_token(shape)["flops"],
             "corpus": corpus.fingerprint, "versions": _versions(), "device": str(jax.devices()[0].device_kind),
-            "platform": jax.default_backend()}
+            "platform": jax.default_backend(),
+            "devices": devices.device_count(cfg.train.batch_size, cfg.train.data_parallel)}
 
 
 def summary_totals(cfg: DictConfig, shape: sizes.Shape, unique: int, done_steps: int, last: dict | None,

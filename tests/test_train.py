@@ -37,6 +37,33 @@ def test_finished_run_is_skipped(make_cfg):
     assert again["wall_s"] == first["wall_s"]  # read back, not retrained
 
 
+def test_padding_steps_of_a_short_last_chunk_change_nothing(make_cfg):
+    # 22 steps in chunks of 4 end with a chunk of 2 real steps and 2 padding steps; in chunks of 2 nothing is padded.
+    base = ["train.steps=22", "train.n_evals=2", "data.unique_tokens=3000"]
+    padded = train.run(make_cfg(*base, "train.steps_per_dispatch=4", "sweep=padded"))
+    exact = train.run(make_cfg(*base, "train.steps_per_dispatch=2", "sweep=exact"))
+    assert padded["final_eval_loss"] == pytest.approx(exact["final_eval_loss"], rel=1e-5)
+
+    cfg = make_cfg()
+    shape = train.shape_of(cfg)
+    state, train_chunk, *_ = train.build(cfg, shape, 100, 1e-3)
+    before = [np.asarray(x) for x in jax.tree.leaves(state)]
+    tokens, _ = train.random_chunk(shape, 4, 8)
+    state, _ = train_chunk(state, tokens, np.zeros(4, bool))
+    assert all(np.array_equal(a, np.asarray(b)) for a, b in zip(before, jax.tree.leaves(state)))
+
+
+@pytest.mark.skipif(jax.local_device_count() < 2, reason="data parallelism needs two local devices (two cores)")
+def test_data_parallel_run_matches_one_device(make_cfg):
+    base = ["train.steps=24", "data.unique_tokens=3000"]
+    split = train.run(make_cfg(*base, "sweep=split"))
+    whole = train.run(make_cfg(*base, "sweep=whole", "train.data_parallel=false"))
+    assert split["devices"] == 2 and whole["devices"] == 1
+    assert split["run_id"] == whole["run_id"]  # a performance setting, not part of the run's identity
+    # The same run up to the order of floating-point sums.
+    assert split["final_eval_loss"] == pytest.approx(whole["final_eval_loss"], rel=1e-4)
+
+
 @pytest.mark.parametrize("stop_after", [1, 4])
 def test_resume_equals_uninterrupted(make_cfg, tmp_path, monkeypatch, stop_after):
     base = ["train.steps=30", "train.n_evals=6", "data.unique_tokens=3000"]
