@@ -21,6 +21,7 @@ runs.csv / runs.parquet, one row per run (every status kept, never dropped silen
     lr, schedule, batch_size, seed
     wall_s, tokens_per_s, hardware_flops_per_s, time_to_first_step_s   seconds; tokens/s; FLOP/s; seconds
     device, platform, jax, corpus_sha256, diverged_at_step, error
+    devices                   local devices each batch was split over (data parallelism, scaling.devices)
     probe/<task>/<metric>     final probe metrics (scaling.probes), when probes.tasks is set; beside each,
                               probe/<task>/<metric>@chance (chance level) and @items (evaluation items)
     probe_train_fraction      share of training rows that were probe text (0: probes evaluated only)
