@@ -26,6 +26,18 @@ def test_ladder_spans_three_decades_with_one_aspect_ratio():
     assert {s.d_model / s.n_layers for s in shapes} == {sizes.ASPECT_RATIO}
 
 
+def test_ladder_heads_are_at_least_64_wide_and_as_many_as_fit():
+    heads = {n: (s.n_heads, s.d_model // s.n_heads) for n in sizes.SIZE_NAMES for s in [sizes.ladder_shape(n)]}
+    # One head below d_model 128; 224 = 2 x 112 since 3 does not divide it.
+    assert heads["s01"] == (1, 16) and heads["s07"] == (1, 112)
+    assert heads["s08"] == (2, 64) and heads["s10"] == (3, 64) and heads["s11"] == (2, 112)
+    assert heads["s12"] == (4, 64)
+    for n, (h, width) in heads.items():
+        d = h * width
+        assert h == 1 or width >= sizes.MIN_HEAD_DIM
+        assert not any(d % more == 0 and d // more >= sizes.MIN_HEAD_DIM for more in range(h + 1, d + 1)), n
+
+
 def test_flop_conventions():
     s = sizes.ladder_shape("s03")
     c, f = sizes.count_params(s), sizes.flops_per_token(s)
