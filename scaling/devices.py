@@ -1,7 +1,7 @@
 """Data parallelism over this machine's local devices: each batch is split between them, gradients are summed.
 
 On a CPU, JAX shows one device by default and parallelises inside each operation with a thread pool. Most of a
-small transformer's operations (16-wide attention heads, layer norms, the AdamW update) are too small to split, so
+small transformer's operations (per-head attention products, layer norms, the AdamW update) are too small to split, so
 one core idles much of the step. Showing JAX one CPU device per core this process may use, and splitting every
 batch between them, keeps all cores busy: on the 2-core development machine `scaling bench` measured 1.21x to 1.58x
 the tokens/s from s03 to s12, and 0.75x at s01, whose steps are too short to pay for the synchronisation (README,

@@ -26,16 +26,13 @@ def test_ladder_spans_three_decades_with_one_aspect_ratio():
     assert {s.d_model / s.n_layers for s in shapes} == {sizes.ASPECT_RATIO}
 
 
-def test_ladder_heads_are_at_least_64_wide_and_as_many_as_fit():
+def test_ladder_has_four_heads_or_as_many_16_wide_ones_as_fit():
     heads = {n: (s.n_heads, s.d_model // s.n_heads) for n in sizes.SIZE_NAMES for s in [sizes.ladder_shape(n)]}
-    # One head below d_model 128; 224 = 2 x 112 since 3 does not divide it.
-    assert heads["s01"] == (1, 16) and heads["s07"] == (1, 112)
-    assert heads["s08"] == (2, 64) and heads["s10"] == (3, 64) and heads["s11"] == (2, 112)
-    assert heads["s12"] == (4, 64)
-    for n, (h, width) in heads.items():
-        d = h * width
-        assert h == 1 or width >= sizes.MIN_HEAD_DIM
-        assert not any(d % more == 0 and d // more >= sizes.MIN_HEAD_DIM for more in range(h + 1, d + 1)), n
+    assert [heads[n] for n in ("s01", "s02", "s03", "s04")] == [(1, 16), (2, 16), (3, 16), (4, 16)]
+    assert heads["s08"] == (4, 32) and heads["s12"] == (4, 64)
+    for n in sizes.SIZE_NAMES:
+        s = sizes.ladder_shape(n)
+        assert s.n_heads * (s.d_model // s.n_heads) == s.d_model, n
 
 
 def test_flop_conventions():
