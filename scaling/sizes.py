@@ -21,7 +21,8 @@ layers). Non-embedding N then grows as about 12 * n_layers * d_model**2 = 3072 *
 score matrix, and on a CPU that memory traffic, not the multiply-adds, sets the pace of attention: s12 with four
 64-wide heads trains 1.29x faster than with sixteen 16-wide ones. Fewer heads than four cost quality at the small
 end: with one head, s02 to s04 trained on probe text lost in-context copying (exact match 0.01 to 0.05 instead of
-0.68 to 0.97) and 12% to 20% in evaluation loss (README, Performance).
+0.68 to 0.97) and 12% to 20% in evaluation loss, while four wider heads at s06 and s08 did as well as 6 and 8
+16-wide ones (sweeps/heads.yaml; README, Performance).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Sweeps end to end through real Hydra launchers: basic and joblib; kill -9 and relaunch."""
+"""Sweeps: every shipped sweep file composes; end to end through real Hydra launchers (basic and joblib); kill -9
+and relaunch."""
 
 import json
 import os
@@ -28,6 +29,19 @@ def scaling(*args, tmp_path, **kw):
     return subprocess.run([sys.executable, "-m", "scaling.cli", *args, f"results_dir={tmp_path / 'results'}",
                            f"data.cache_dir={os.environ['SCALING_CACHE']}"], check=False, capture_output=True, text=True,
                           env=env, **kw)
+
+
+def test_every_shipped_sweep_file_composes_into_valid_cells(tmp_path):
+    from scaling import sweep
+
+    files = sorted((Path(__file__).parents[1] / "sweeps").glob("*.yaml"))
+    assert {"quick.yaml", "emergence.yaml", "heads.yaml"} <= {p.name for p in files}
+    for p in files:
+        rows = sweep.plan(sweep.load_sweep(p), [f"results_dir={tmp_path}"], measure=False)
+        assert rows and all(r["status"] == "new" and r["N"] > 0 and r["steps"] > 0 for r in rows), p.name
+        if p.name == "heads.yaml":  # each size against its own 16-wide head count
+            assert sorted((r["model"], r["cfg"].model.n_heads) for r in rows) == [
+                ("s06", 4), ("s06", 6), ("s08", 4), ("s08", 8)]
 
 
 @pytest.mark.slow
