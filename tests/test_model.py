@@ -1,5 +1,7 @@
+import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 from scaling import sizes
@@ -25,3 +27,22 @@ def test_initial_loss_is_near_uniform():
     model = Transformer(shape, nnx.Rngs(0))
     batch = jnp.asarray(np.random.default_rng(0).integers(0, 256, (4, 33)))
     assert abs(float(loss_fn(model, batch)) - np.log(256)) < 0.1
+
+
+@pytest.mark.parametrize("dtype, tol", [(jnp.float32, 1e-5), (jnp.bfloat16, 2e-2)])
+def test_causal_attention_matches_jax_reference_in_value_and_gradient(dtype, tol):
+    from scaling.model import causal_attention
+
+    q, k, v = (jax.random.normal(jax.random.key(i), (2, 16, 3, 8)).astype(dtype) for i in range(3))
+    w = jax.random.normal(jax.random.key(3), (2, 16, 3, 8))
+
+    def loss(attn):
+        return lambda q, k, v: (attn(q, k, v).astype(jnp.float32) * w).sum()
+
+    ours = jax.value_and_grad(loss(causal_attention), argnums=(0, 1, 2))(q, k, v)
+    ref = jax.value_and_grad(loss(lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=True)),
+                             argnums=(0, 1, 2))(q, k, v)
+    assert causal_attention(q, k, v).dtype == dtype
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(ref)):
+        a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+        np.testing.assert_allclose(a, b, rtol=tol, atol=tol * np.abs(b).max())
