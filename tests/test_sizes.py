@@ -30,9 +30,9 @@ def test_ladder_has_four_heads_or_as_many_16_wide_ones_as_fit():
     heads = {n: (s.n_heads, s.d_model // s.n_heads) for n in sizes.SIZE_NAMES for s in [sizes.ladder_shape(n)]}
     assert [heads[n] for n in ("s01", "s02", "s03", "s04")] == [(1, 16), (2, 16), (3, 16), (4, 16)]
     assert heads["s08"] == (4, 32) and heads["s12"] == (4, 64)
-    for n in sizes.SIZE_NAMES:
-        s = sizes.ladder_shape(n)
-        assert s.n_heads * (s.d_model // s.n_heads) == s.d_model, n
+    for n, (h, width) in heads.items():  # at most four heads, none narrower than 16, and 16-wide until there are four
+        assert h <= sizes.MAX_HEADS and width >= sizes.MIN_HEAD_DIM, n
+        assert h == sizes.MAX_HEADS or width == sizes.MIN_HEAD_DIM, n
 
 
 def test_flop_conventions():
