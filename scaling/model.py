@@ -93,8 +93,11 @@ def loss_fn(model: Transformer, batch):
 
 
 def cross_entropy(logits, targets):
-    logp = jax.nn.log_softmax(logits, axis=-1)
-    return -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+    """-log softmax(logits)[target], as logsumexp minus the target's logit picked by a one-hot product: the
+    gradient of a gather (take_along_axis) is a scatter, which XLA runs as a slow serial loop on a CPU, while the
+    one-hot product's is elementwise and fuses (1.08x the tokens/s at s03, 1.4x at s01; README, Performance)."""
+    one_hot = jax.nn.one_hot(targets, logits.shape[-1], dtype=logits.dtype)
+    return jax.nn.logsumexp(logits, axis=-1) - jnp.sum(logits * one_hot, axis=-1)
 
 
 def count_tree_params(model: nnx.Module) -> int:
