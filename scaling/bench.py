@@ -170,7 +170,7 @@ def main(argv: list[str]) -> int:
     except Exception as e:  # noqa: BLE001 -- Hydra names the bad override or size
         raise ConfigError(f"scaling bench: {e}") from None
     dev = jax.devices()[0]
-    device = f"{dev.device_kind} ({dev.platform}, {jax.local_device_count()} device(s))"
+    device = f"{devices.describe()} ({jax.local_device_count()} JAX device(s))"
     peak, note = device_peak(a.dtype, a.peak)
     print(f"{device}; peak {peak / 1e9:,.1f} GFLOP/s ({note})", flush=True)
     rows = []

@@ -16,6 +16,7 @@ device count.
 from __future__ import annotations
 
 import os
+import platform
 
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -32,6 +33,35 @@ def use_every_core() -> None:
         jax.config.update("jax_num_cpu_devices", cores)
     except RuntimeError:  # JAX already started (it was used before scaling.train was imported): keep its devices
         pass
+
+
+def describe() -> str:
+    """The device runs train on, for summaries and benchmarks. A GPU names itself; JAX calls every CPU "cpu", and
+    CPU timings differ across hosts by more than any change worth measuring (two 2-core hosts of this project ran the
+    same bench 1.5x to 1.8x apart), so a CPU is named by its model (with family and model numbers, which tell
+    generations apart when a hypervisor shortens the name), its widest vector instructions and the cores this
+    process may use."""
+    dev = jax.devices()[0]
+    if dev.platform != "cpu":
+        return str(dev.device_kind)
+    info = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                info.setdefault(key.strip(), value.strip())
+                if key.strip() == "flags":  # the first core's fields are enough
+                    break
+    except OSError:  # not Linux: the processor name alone
+        pass
+    name = info.get("model name") or platform.processor() or platform.machine()
+    if "cpu family" in info and "model" in info:
+        name += f" (family {info['cpu family']}, model {info['model']})"
+    flags = set(info.get("flags", "").split())
+    isa = next((isa for flag, isa in (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("asimd", "NEON")) if flag in flags),
+               None)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return f"CPU {name}" + (f", {isa}" if isa else "") + f", {cores} core{'s' * (cores > 1)}"
 
 
 def data_mesh(batch_size: int, enabled: bool = True) -> Mesh | None:

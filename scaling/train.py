@@ -444,7 +444,7 @@ def summary_head(cfg: DictConfig, shape: sizes.Shape, unique: int, steps: int, l
     return {"sweep": cfg.sweep, "model": cfg.model.name, **shape.to_dict(), **sizes.count_params(shape), "D": unique,
             "batch_size": cfg.train.batch_size, "steps": steps, "length_source": length_source,
             "schedule": cfg.optim.name, "flops_per_token": sizes.flops_per_token(shape)["flops"],
-            "corpus": corpus.fingerprint, "versions": _versions(), "device": str(jax.devices()[0].device_kind),
+            "corpus": corpus.fingerprint, "versions": _versions(), "device": devices.describe(),
             "platform": jax.default_backend(),
             "devices": devices.device_count(cfg.train.batch_size, cfg.train.data_parallel)}
 

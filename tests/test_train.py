@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 
@@ -26,7 +27,10 @@ def test_tiny_run_learns_and_records_everything(make_cfg):
     assert s["tokens_seen"] == 40 * 8 * 32 and s["epochs"] == pytest.approx(s["tokens_seen"] / 5000)
     assert s["unique_tokens_seen"] == 5000
     assert s["flops"] == 6 * s["N"] * s["tokens_seen"]
-    assert s["corpus"]["content_sha256"] and s["versions"]["jax"] and s["device"]
+    assert s["corpus"]["content_sha256"] and s["versions"]["jax"]
+    # JAX calls every CPU "cpu"; the summary names the host's CPU and the cores the run could use.
+    cores = len(os.sched_getaffinity(0))
+    assert s["device"].startswith("CPU ") and s["device"].endswith(f", {cores} core{'s' * (cores > 1)}")
     assert (runs.run_dir(cfg) / "config.yaml").exists()
 
 
