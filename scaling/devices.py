@@ -22,13 +22,18 @@ import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity (narrowed for parallel workers), else every core."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def use_every_core() -> None:
     """One JAX CPU device per core this process may use (its CPU affinity, which scaling.app.pin_worker narrows
     for parallel workers). Takes effect only before JAX runs its first operation; a device count given in
     XLA_FLAGS (--xla_force_host_platform_device_count) wins."""
     if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
         return
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = usable_cores()
     try:
         jax.config.update("jax_num_cpu_devices", cores)
     except RuntimeError:  # JAX already started (it was used before scaling.train was imported): keep its devices
@@ -36,11 +41,11 @@ def use_every_core() -> None:
 
 
 def describe() -> str:
-    """The device runs train on, for summaries and benchmarks. A GPU names itself; JAX calls every CPU "cpu", and
-    CPU timings differ across hosts by more than any change worth measuring (two 2-core hosts of this project ran the
-    same bench 1.5x to 1.8x apart), so a CPU is named by its model (with family and model numbers, which tell
-    generations apart when a hypervisor shortens the name), its widest vector instructions and the cores this
-    process may use."""
+    """The device this process trains on, for summaries and benchmarks. A GPU names itself; JAX calls every CPU
+    "cpu", and CPU timings differ across hosts by more than any change worth measuring (two 2-core hosts of this
+    project ran the same bench 1.5x to 1.8x apart), so a CPU is named by its model (with family and model numbers,
+    which tell generations apart when a hypervisor shortens the name), its widest vector instructions and the cores
+    this process may use."""
     dev = jax.devices()[0]
     if dev.platform != "cpu":
         return str(dev.device_kind)
@@ -60,7 +65,7 @@ def describe() -> str:
     flags = set(info.get("flags", "").split())
     isa = next((isa for flag, isa in (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("asimd", "NEON")) if flag in flags),
                None)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = usable_cores()
     return f"CPU {name}" + (f", {isa}" if isa else "") + f", {cores} core{'s' * (cores > 1)}"
 
 
