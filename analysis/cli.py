@@ -1,4 +1,5 @@
-"""`scaling fit | predict | plot | report RESULTS` -- analysis of a results folder or any CSV / Parquet table."""
+"""`scaling fit | predict | plot | report | emergence RESULTS` -- analysis of a results folder or any CSV / Parquet
+table."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import argparse
 import json
 import sys
 
-from analysis import isoflop, laws, lse, report
+from analysis import emergence_report, isoflop, laws, lse, report
 from analysis.table import TableError, load, results_folder
 
 
@@ -86,10 +87,8 @@ def _predict(t, args) -> int:
         if args.d is None:
             print("scaling predict: --n needs --d", file=sys.stderr)
             return 2
-        s = chin.samples
         loss = float(chin.predict(args.n, args.d))
-        band = s["E"] + s["A"] / args.n ** s["alpha"] + s["B"] / args.d ** s["beta"]
-        lo, hi = lse.interval(band)
+        lo, hi = laws.predicted_interval(chin, args.n, args.d)
         print(f"N={args.n:.4g} D={args.d:.4g}: predicted loss {loss:.4f} [95%: {lo:.4f}, {hi:.4f}] "
               f"(Chinchilla fit on {len(t.df)} runs)")
     for C in args.flops or []:
@@ -105,4 +104,50 @@ def _predict(t, args) -> int:
             print(f"  {'N_opt':<14}{n:>12.4g}   (Approach 1, compute frontier; D_opt = {C / (6 * n):.4g})")
         except ValueError as e:
             print(f"  Approach 1 not available: {e}")
+    return 0
+
+
+def _pairs(values: list[str] | None, what: str, number: bool = False) -> dict:
+    out = {}
+    for v in values or []:
+        key, sep, val = v.partition("=")
+        if not sep:
+            raise TableError(f"--{what} {v!r}: expected COLUMN=VALUE")
+        if number:
+            try:
+                out[key] = float(val)
+            except ValueError:
+                out[key] = val  # the name of a column holding the chance level
+        else:
+            out[key] = val
+    return out
+
+
+def emergence(argv: list[str]) -> int:
+    """`scaling emergence`."""
+    p = argparse.ArgumentParser(prog="scaling emergence", description=emergence_report.__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("results", help="a results folder (runs.parquet / runs.csv) or a .csv / .parquet table")
+    p.add_argument("--axis", action="append", help="scale column(s): N, C, D, steps, or loss (default: N and C)")
+    p.add_argument("--metric", action="append", help="metric column(s), 'task/metric' names group by task "
+                   "(default: our probe/<task>/<metric> columns)")
+    p.add_argument("--chance", action="append", help="COLUMN=VALUE (or =COLUMN holding it) chance level")
+    p.add_argument("--items", action="append", help="COLUMN=ITEMS_COLUMN: evaluation items per row, for "
+                   "binomial standard errors")
+    p.add_argument("--pair", action="append", help="DISCONTINUOUS=CONTINUOUS: the counterpart shown beside it")
+    p.add_argument("--group", help="model family column: each family is analysed on its own")
+    p.add_argument("--n-boot", type=int, default=400, help="bootstrap resamples (default 400)")
+    p.add_argument("--format", choices=("png", "svg", "pdf"), default="png")
+    args = p.parse_args(argv)
+    try:
+        results = emergence_report.build(args.results, n_boot=args.n_boot, fmt=args.format, quiet=False, metrics=args.metric,
+                        axes=args.axis, chance=_pairs(args.chance, "chance", number=True),
+                        items=_pairs(args.items, "items"), pairs=_pairs(args.pair, "pair"), group=args.group)
+    except TableError as e:
+        print(f"scaling emergence: {e}", file=sys.stderr)
+        return 2
+    if results is None:
+        print(f"scaling emergence: {args.results} has no probe/<task>/<metric> columns; name the metrics with "
+              "--metric", file=sys.stderr)
+        return 2
     return 0

@@ -13,7 +13,8 @@ For one metric against one scale axis:
 2. Four fits by least squares on u: constant (1 parameter); smooth, the better of a line in log scale and a power
    law on the error 1 - u = A X^-a (2); a sigmoid lo + (hi - lo) / (1 + exp(-(x - m) / w)) (4); and a one-break
    broken power law on the error (Caballero et al. 2022), a + b X^-c0 (1 + (X / d)^(1/f))^(-c1 f) (6), reported
-   for its break d. Models are compared by BIC = n log(SSE / n) + k log n (SSE floored at n (1e-3)^2).
+   for its break d (analysis.curve_fits). Models are compared by BIC = n log(SSE / n) + k log n (SSE floored at
+   n (1e-3)^2).
 3. A case bootstrap (rows resampled) refits the smooth and sigmoid forms; p is the share of resamples in which the
    sigmoid fails to beat the smooth form by delta-BIC >= 6.
 4. `emergent` needs all of: the points before the transition (1.5 10-90% widths
@@ -35,17 +36,25 @@ scale, with I = sign(argmax - argmin) (max - min).
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy.optimize import least_squares
+
+from analysis.curve_fits import (
+    bic,
+    breakthroughness,
+    fit_bnsl,
+    fit_sigmoid,
+    fit_smooth,
+    profile,
+    sigmoid_grid,
+    smooth_bic,
+)
 
 DELTA_BIC = 6.0
 SIGNIFICANCE = 0.10  # the sigmoid must win in at least 90% of resamples
 MAX_WIDTH = 1.0  # decades (10% to 90% of the rise)
-SSE_FLOOR = 1e-3  # per point, normalised units
 LOGIT_WIDTH = 2 * math.log(9)  # 10-90% width of a logistic in units of its scale w
 
 
@@ -64,116 +73,6 @@ class Series:
     discontinuous: bool = True
     counterpart: str | None = None  # the continuous metric of the same task shown beside it
     group: str | None = None
-
-
-def _sigmoid(theta, x):
-    lo, hi, m, logw = theta
-    with np.errstate(all="ignore"):
-        return lo + (hi - lo) / (1 + np.exp(-np.clip((x - m) / np.exp(np.clip(logw, -30, 30)), -60, 60)))
-
-
-def _profile(basis: np.ndarray, u: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Weighted least squares of u ~ c0 + c1 * basis for every basis row (G, n) and every weight row (B, n) at
-    once: the model is linear in (c0, c1) once the nonlinear parameters fix the basis. Returns sse, c0, c1 (B, G)."""
-    sw, su, suu = w.sum(1)[:, None], (w @ u)[:, None], (w @ (u * u))[:, None]
-    ss, sss, ssu = w @ basis.T, w @ (basis * basis).T, (w * u) @ basis.T
-    var_s = sss - ss * ss / sw
-    cov = ssu - ss * su / sw
-    c1 = np.where(var_s > 1e-12, cov / np.where(var_s > 1e-12, var_s, 1), 0.0)
-    c0 = (su - c1 * ss) / sw
-    sse = suu - su * su / sw - c1 * cov
-    return np.maximum(sse, 0.0), c0, c1
-
-
-def _sigmoid_grid(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(m, log w) pairs and the logistic basis for each: midpoints across and beyond the data, widths from a
-    thousandth of the span to twice the span."""
-    span = max(float(x.max() - x.min()), 1e-6)
-    ms = np.linspace(x.min() - 0.25 * span, x.max() + 0.25 * span, 151)
-    logws = np.log(np.geomspace(span * 1e-3, span * 2, 41))
-    mm, ll = np.meshgrid(ms, logws, indexing="ij")
-    mm, ll = mm.ravel(), ll.ravel()
-    basis = 1 / (1 + np.exp(-np.clip((x[None, :] - mm[:, None]) / np.exp(ll)[:, None], -60, 60)))
-    return np.stack([mm, ll], 1), basis
-
-
-def _power_grid(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Exponents (per decade) and the basis 10^(-a (x - x_min)) for a power law with offset, c0 + c1 X^-a."""
-    a = np.concatenate([-np.geomspace(3, 0.01, 40), np.geomspace(0.01, 3, 40)])
-    return a, 10.0 ** (-a[:, None] * (x[None, :] - x.min()))
-
-
-def fit_sigmoid(x: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, float]:
-    """Profile the (m, w) grid, then refine all four parameters by least squares; returns (theta, sse)."""
-    grid, basis = _sigmoid_grid(x)
-    sse, c0, c1 = _profile(basis, u, np.ones((1, len(u))))
-    i = int(np.argmin(sse[0]))
-    start = np.array([c0[0, i], c0[0, i] + c1[0, i], *grid[i]])
-    r = least_squares(lambda t: _sigmoid(t, x) - u, start, method="lm", max_nfev=400)
-    refined = float(np.sum(r.fun ** 2))
-    return (r.x, refined) if np.all(np.isfinite(r.x)) and refined < sse[0, i] else (start, float(sse[0, i]))
-
-
-def fit_smooth(x: np.ndarray, u: np.ndarray, w: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """BIC-relevant SSEs of the smooth forms for each weight row: a line in x (k=2) and a power law with offset
-    (k=3). Returns (sse_linear (B,), sse_power (B,))."""
-    w = np.ones((1, len(u))) if w is None else w
-    sse_lin, _, _ = _profile(x[None, :], u, w)
-    _, basis = _power_grid(x)
-    sse_pow, _, _ = _profile(basis, u, w)
-    return sse_lin[:, 0], sse_pow.min(1)
-
-
-def smooth_bic(sse_lin, sse_pow, n: int):
-    return np.minimum(np.vectorize(bic)(sse_lin, n, 2), np.vectorize(bic)(sse_pow, n, 3))
-
-
-def _bnsl(theta, X):
-    a, logb, c0, c1, logd, logf = theta
-    f = np.exp(logf)
-    return a + np.exp(logb - c0 * np.log(X)) * np.exp(-c1 * f * np.log1p((X / np.exp(logd)) ** (1 / f)))
-
-
-def fit_bnsl(x: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, float] | None:
-    """One-break broken power law on the error 1 - u, X = 10^x. Needs 8 points or more."""
-    if len(np.unique(x)) < 8:
-        return None
-    X = 10.0 ** (x - x.min())  # rescaled for conditioning; the break is shifted back below
-    err = 1 - u
-    best, best_sse = None, math.inf
-    for logd in np.log(np.quantile(X, [0.2, 0.4, 0.6, 0.8])):
-        for logf in (math.log(0.05), math.log(0.5)):
-            start = [max(err.min(), 0) * 0.9, math.log(max(err.max(), 1e-3)), 0.05, 1.0, logd, logf]
-            try:
-                with warnings.catch_warnings(), np.errstate(all="ignore"):
-                    warnings.simplefilter("ignore")
-                    r = least_squares(lambda t: np.nan_to_num(_bnsl(t, X) - err, nan=1e6, posinf=1e6, neginf=-1e6),
-                                      start, max_nfev=2000,
-                                      bounds=([-1, -20, -1, -1, math.log(X.min()) - 2, math.log(1e-3)],
-                                              [2, 20, 5, 50, math.log(X.max()) + 2, math.log(10)]))
-            except ValueError:  # a start the optimiser cannot leave; the other starts remain
-                continue
-            sse = float(np.sum(r.fun ** 2))
-            if np.isfinite(sse) and sse < best_sse:
-                best, best_sse = r.x.copy(), sse
-    if best is None:
-        return None
-    best[4] += x.min() * math.log(10)
-    return best, best_sse
-
-
-def bic(sse: float, n: int, k: int) -> float:
-    return n * math.log(max(sse, n * SSE_FLOOR ** 2) / n) + k * math.log(n)
-
-
-def breakthroughness(x: np.ndarray, y: np.ndarray) -> float:
-    order = np.argsort(x, kind="stable")
-    ys = y[order]
-    if len(ys) < 3:
-        return math.nan
-    i_y = math.copysign(ys.max() - ys.min(), int(np.argmax(ys)) - int(np.argmin(ys)))
-    rms = math.sqrt(float(np.median(np.diff(ys) ** 2)))
-    return i_y / rms if rms > 0 else math.inf
 
 
 def normalise(s: Series) -> tuple[np.ndarray, float, float, bool]:
@@ -196,12 +95,61 @@ def _standard_errors(s: Series, u: np.ndarray, lo: float, hi: float, resid_sd: f
     return np.full(len(u), max(resid_sd, 0.01))
 
 
+def _bootstrap(x: np.ndarray, u: np.ndarray, n_boot: int, seed: int) -> tuple[float, np.ndarray, np.ndarray]:
+    """Resampled rows as count vectors, every resample's sigmoid and smooth fits profiled at once. Returns p (the
+    share of resamples where the sigmoid fails to win by DELTA_BIC), the resamples' midpoints and delta-BICs."""
+    n = len(u)
+    rng = np.random.default_rng(seed)
+    counts = rng.multinomial(n, np.full(n, 1 / n), size=n_boot).astype(float)
+    counts = counts[np.array([len(np.unique(x[c > 0])) >= 4 for c in counts], bool)] if n_boot else counts
+    grid, basis = sigmoid_grid(x)
+    sse_b, _, _ = profile(basis, u, counts)
+    best = np.argmin(sse_b, 1)
+    sb_lin, sb_pow = fit_smooth(x, u, counts)
+    d_bic = smooth_bic(sb_lin, sb_pow, n) - np.vectorize(bic)(sse_b[np.arange(len(best)), best], n, 4)
+    p = float((1 + np.sum(d_bic < DELTA_BIC)) / (1 + len(d_bic))) if len(d_bic) else 1.0
+    return p, grid[best, 0], d_bic
+
+
+def _criteria(x, u, se, floor, theta, p, max_width) -> tuple[dict, float]:
+    """The conditions for `emergent` (module docstring), and the gap between grid points around the midpoint."""
+    lo_s, hi_s, m, logw = theta
+    width = LOGIT_WIDTH * math.exp(logw)
+    # "before the transition": 1.5 10-90% widths below the midpoint, where the fitted rise is under 0.2% of the
+    # jump; points in the sigmoid's own lower tail (1 to 5% of it, say) are part of the transition, not its floor,
+    # and with hundreds of items per point they are measurably above chance
+    below, above = x < m - 1.5 * width, x > m
+    xs = np.unique(x)
+    left, right = xs[xs <= m], xs[xs > m]
+    gap = float(right.min() - left.max()) if len(left) and len(right) else math.inf
+    return {
+        "rising": bool(hi_s > lo_s),
+        "quiet_below": bool(below.any() and np.all(u[below] <= floor + 2 * se[below])),
+        "two_above": int(np.sum(u[above] > floor + 2 * se[above])) >= 2,
+        "narrow": width <= max_width,
+        "sigmoid_wins": p <= SIGNIFICANCE,
+    }, gap
+
+
+def _verdict(criteria: dict, gap: float, width: float, max_width: float, b: dict) -> str:
+    c = criteria
+    if all(c.values()):
+        return "emergent"
+    if c["rising"] and c["narrow"] and c["sigmoid_wins"] and c["two_above"]:
+        return "break"  # a sharp transition, but the metric was not at its floor below it
+    if c["rising"] and c["two_above"] and gap > max_width and width <= gap and \
+            b["smooth"] - b["sigmoid"] >= DELTA_BIC:
+        # the resamples cannot decide here: any that drop one side of the gap fit a line as well as a step
+        return "unresolved"
+    return "smooth" if min(b["smooth"], b["sigmoid"]) <= b["constant"] - DELTA_BIC else "flat"
+
+
 def detect(s: Series, n_boot: int = 400, seed: int = 0, max_width: float = MAX_WIDTH) -> dict:
     """Fits, bootstrap and verdict for one series (before the correction for multiple tests)."""
     ok = np.isfinite(s.x) & np.isfinite(s.y)
-    x, y = s.x[ok], s.y[ok]
-    s = Series(**{**s.__dict__, "x": x, "y": y,
+    s = Series(**{**s.__dict__, "x": s.x[ok], "y": s.y[ok],
                   "n_items": None if s.n_items is None else np.asarray(s.n_items)[ok]})
+    x = s.x
     out = {"task": s.task, "metric": s.metric, "axis": s.axis, "group": s.group, "n_points": len(x),
            "discontinuous": s.discontinuous, "counterpart": s.counterpart}
     if len(np.unique(x)) < 4:
@@ -210,74 +158,30 @@ def detect(s: Series, n_boot: int = 400, seed: int = 0, max_width: float = MAX_W
     n = len(u)
     theta, sse_sig = fit_sigmoid(x, u)
     sse_lin, sse_pow = fit_smooth(x, u)
-    sse_const = float(np.sum((u - u.mean()) ** 2))
-    b_const, b_smooth, b_sig = bic(sse_const, n, 1), float(smooth_bic(sse_lin, sse_pow, n)[0]), bic(sse_sig, n, 4)
-    kind = "linear" if bic(sse_lin[0], n, 2) <= bic(sse_pow[0], n, 3) else "power"
     bn = fit_bnsl(x, u)
+    b = {"constant": bic(float(np.sum((u - u.mean()) ** 2)), n, 1),
+         "smooth": float(smooth_bic(sse_lin, sse_pow, n)[0]), "sigmoid": bic(sse_sig, n, 4),
+         "bnsl": bic(bn[1], n, 6) if bn else None}
     lo_s, hi_s, m, logw = theta
     width = LOGIT_WIDTH * math.exp(logw)
-    resid_sd = math.sqrt(sse_sig / max(n - 4, 1))
-    se = _standard_errors(s, u, lo, hi, resid_sd)
-    floor = 0.0 if floor_known else min(lo_s, hi_s)
-
-    # bootstrap: resampled rows as count vectors, every resample's sigmoid and smooth fits profiled at once
-    rng = np.random.default_rng(seed)
-    counts = rng.multinomial(n, np.full(n, 1 / n), size=n_boot).astype(float)
-    counts = counts[np.array([len(np.unique(x[c > 0])) >= 4 for c in counts], bool)] if n_boot else counts
-    grid, basis = _sigmoid_grid(x)
-    sse_b, _, _ = _profile(basis, u, counts)
-    best = np.argmin(sse_b, 1)
-    sb_lin, sb_pow = fit_smooth(x, u, counts)
-    d_bic = smooth_bic(sb_lin, sb_pow, n) - np.vectorize(bic)(sse_b[np.arange(len(best)), best], n, 4)
-    mids = grid[best, 0]
-    p = float((1 + np.sum(d_bic < DELTA_BIC)) / (1 + len(d_bic))) if len(d_bic) else 1.0
+    se = _standard_errors(s, u, lo, hi, math.sqrt(sse_sig / max(n - 4, 1)))
+    p, mids, d_bic = _bootstrap(x, u, n_boot, seed)
     m_lo, m_hi = (np.percentile(mids, [2.5, 97.5]) if len(mids) else (math.nan, math.nan))
     m_lo, m_hi = min(m_lo, m), max(m_hi, m)  # the grid's resolution must not exclude the refined estimate
-
-    # the criteria
-    rising = hi_s > lo_s
-    # "before the transition": 1.5 10-90% widths below the midpoint, where the fitted rise is under 0.2% of the
-    # jump; points in the sigmoid's own lower tail (1 to 5% of it, say) are part of the transition, not its floor,
-    # and with hundreds of items per point they are measurably above chance
-    below = x < m - 1.5 * width
-    above = x > m
-    quiet_below = bool(below.any() and np.all(u[below] <= floor + 2 * se[below]))
-    n_above = int(np.sum(u[above] > floor + 2 * se[above]))
-    xs = np.unique(x)
-    left, right = xs[xs <= m], xs[xs > m]
-    gap = float(right.min() - left.max()) if len(left) and len(right) else math.inf
-    criteria = {
-        "rising": bool(rising),
-        "quiet_below": quiet_below,
-        "two_above": n_above >= 2,
-        "narrow": width <= max_width,
-        "sigmoid_wins": p <= SIGNIFICANCE,
-    }
-    if all(criteria.values()):
-        verdict = "emergent"
-    elif rising and criteria["narrow"] and criteria["sigmoid_wins"] and criteria["two_above"]:
-        verdict = "break"  # a sharp transition, but the metric was not at its floor below it
-    elif rising and criteria["two_above"] and gap > max_width and width <= gap and b_smooth - b_sig >= DELTA_BIC:
-        # the resamples cannot decide here: any that drop one side of the gap fit a line as well as a step
-        verdict = "unresolved"
-    elif min(b_smooth, b_sig) <= b_const - DELTA_BIC:
-        verdict = "smooth"
-    else:
-        verdict = "flat"
+    criteria, gap = _criteria(x, u, se, 0.0 if floor_known else min(lo_s, hi_s), theta, p, max_width)
     to_scale = (lambda v: -v) if s.axis == "loss" else (lambda v: 10 ** v)
     sign = 1 if s.higher_is_better else -1
     out.update({
-        "verdict": verdict, "p": p, "criteria": criteria,
+        "verdict": _verdict(criteria, gap, width, max_width, b), "p": p, "criteria": criteria,
         "threshold": to_scale(m), "threshold_low": to_scale(m_lo) if s.axis != "loss" else -m_hi,
         "threshold_high": to_scale(m_hi) if s.axis != "loss" else -m_lo,
         "width_decades": width, "grid_gap": gap, "jump": sign * (hi_s - lo_s) * (hi - lo),
         "breakthroughness": breakthroughness(x, s.y if s.higher_is_better else -s.y),
-        "delta_bic": b_smooth - b_sig, "delta_bic_median": float(np.median(d_bic)) if len(d_bic) else math.nan,
-        "bic": {"constant": b_const, "smooth": b_smooth, "sigmoid": b_sig,
-                "bnsl": bic(bn[1], n, 6) if bn else None},
-        "smooth_form": kind, "floor": "chance" if floor_known else "estimated",
-        "fit": {"sigmoid": [float(v) for v in theta], "normalise": [lo, hi],
-                "higher_is_better": s.higher_is_better},
+        "delta_bic": b["smooth"] - b["sigmoid"],
+        "delta_bic_median": float(np.median(d_bic)) if len(d_bic) else math.nan, "bic": b,
+        "smooth_form": "linear" if bic(sse_lin[0], n, 2) <= bic(sse_pow[0], n, 3) else "power",
+        "floor": "chance" if floor_known else "estimated",
+        "fit": {"sigmoid": [float(v) for v in theta], "normalise": [lo, hi], "higher_is_better": s.higher_is_better},
         "bnsl_break": (to_scale(float(bn[0][4]) / math.log(10)) if bn else None),
     })
     return out

@@ -11,17 +11,21 @@ metrics are the `probe/<task>/<metric>` columns, their chance levels and item co
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import sys
+from dataclasses import dataclass
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 import pandas as pd
 
 from analysis import emergence as em
+from analysis.curve_fits import sigmoid
 from analysis.table import TableError, read_any, results_folder
+
+matplotlib.use("Agg")  # figures are files; no display is needed
+import matplotlib.pyplot as plt
 
 DEFAULT_AXES = ("N", "C")
 LOGPROB_BASED = ("logprob", "icl_score", "loss", "nll", "cross_entropy")
@@ -119,11 +123,6 @@ def figures(df: pd.DataFrame, results: list[dict], folder: Path, fmt: str = "png
     """Per task and axis: each metric against scale (one colour per group, if any) with its fitted sigmoid and,
     where a transition is found, its threshold and 95% band; the continuous counterparts beside the
     discontinuous ones."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     if "status" in df:
         df = df[df["status"] == "completed"]
     folder.mkdir(parents=True, exist_ok=True)
@@ -150,7 +149,7 @@ def figures(df: pd.DataFrame, results: list[dict], folder: Path, fmt: str = "png
                 grid = np.linspace(np.nanmin(np.log10(x)), np.nanmax(np.log10(x)), 200)
                 lo, hi = r["fit"]["normalise"]
                 sign = 1 if r["fit"]["higher_is_better"] else -1
-                u = em._sigmoid(r["fit"]["sigmoid"], grid)
+                u = sigmoid(r["fit"]["sigmoid"], grid)
                 ax.plot(10**grid, sign * (lo + u * (hi - lo)), color="C3" if colour == "k" else colour, lw=1)
                 if r["verdict"] in ("emergent", "unresolved", "break", "metric artefact"):
                     ax.axvspan(r["threshold_low"], r["threshold_high"], color="C3", alpha=0.12)
@@ -202,7 +201,15 @@ def checkpoint_table(runs: pd.DataFrame, folder: Path) -> pd.DataFrame | None:
     return curves.merge(trained[meta], on="run_id", how="inner")
 
 
-def build(path: str | Path, n_boot: int = 400, fmt: str = "png", quiet: bool = True, **kw) -> list[dict] | None:
+@dataclass
+class Emergence:
+    """What the detector found in one table: the results, the figures written and the markdown section."""
+    results: list[dict]
+    figures: list[Path]
+    markdown: str
+
+
+def analyse_folder(path: str | Path, n_boot: int = 400, fmt: str = "png", **kw) -> Emergence | None:
     """Write emergence.json, emergence.md and figures beside the table; None when it has no probe metrics.
     For our results folders with runs trained on probe text, the over-training view is analysed as well (its own
     family of tests, Holm-corrected on its own)."""
@@ -223,11 +230,19 @@ def build(path: str | Path, n_boot: int = 400, fmt: str = "png", quiet: bool = T
         results += over
     (folder / "emergence.json").write_text(json.dumps({"n_boot": n_boot, "results": results}, indent=1,
                                                       default=_plain))
-    (folder / "emergence.md").write_text(markdown(results, figs, folder))
-    if not quiet:
-        print("\n".join(table_lines(results)))
-        print(f"\nwrote {folder / 'emergence.json'}, {folder / 'emergence.md'} and {len(figs)} figures")
-    return results
+    text = markdown(results, figs, folder)
+    (folder / "emergence.md").write_text(text)
+    return Emergence(results, figs, text)
+
+
+def build(path: str | Path, n_boot: int = 400, fmt: str = "png", quiet: bool = True, **kw) -> list[dict] | None:
+    """analyse_folder, printing the table unless quiet; returns the results."""
+    found = analyse_folder(path, n_boot, fmt, **kw)
+    if found is not None and not quiet:
+        print("\n".join(table_lines(found.results)))
+        folder = results_folder(path)
+        print(f"\nwrote {folder / 'emergence.json'}, {folder / 'emergence.md'} and {len(found.figures)} figures")
+    return None if found is None else found.results
 
 
 def _plain(x):
@@ -238,48 +253,3 @@ def _plain(x):
     if isinstance(x, np.ndarray):
         return x.tolist()
     return str(x)
-
-
-def _pairs(values: list[str] | None, what: str, number: bool = False) -> dict:
-    out = {}
-    for v in values or []:
-        key, sep, val = v.partition("=")
-        if not sep:
-            raise TableError(f"--{what} {v!r}: expected COLUMN=VALUE")
-        if number:
-            try:
-                out[key] = float(val)
-            except ValueError:
-                out[key] = val  # the name of a column holding the chance level
-        else:
-            out[key] = val
-    return out
-
-
-def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="scaling emergence", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("results", help="a results folder (runs.parquet / runs.csv) or a .csv / .parquet table")
-    p.add_argument("--axis", action="append", help="scale column(s): N, C, D, steps, or loss (default: N and C)")
-    p.add_argument("--metric", action="append", help="metric column(s), 'task/metric' names group by task "
-                   "(default: our probe/<task>/<metric> columns)")
-    p.add_argument("--chance", action="append", help="COLUMN=VALUE (or =COLUMN holding it) chance level")
-    p.add_argument("--items", action="append", help="COLUMN=ITEMS_COLUMN: evaluation items per row, for "
-                   "binomial standard errors")
-    p.add_argument("--pair", action="append", help="DISCONTINUOUS=CONTINUOUS: the counterpart shown beside it")
-    p.add_argument("--group", help="model family column: each family is analysed on its own")
-    p.add_argument("--n-boot", type=int, default=400, help="bootstrap resamples (default 400)")
-    p.add_argument("--format", choices=("png", "svg", "pdf"), default="png")
-    args = p.parse_args(argv)
-    try:
-        results = build(args.results, n_boot=args.n_boot, fmt=args.format, quiet=False, metrics=args.metric,
-                        axes=args.axis, chance=_pairs(args.chance, "chance", number=True),
-                        items=_pairs(args.items, "items"), pairs=_pairs(args.pair, "pair"), group=args.group)
-    except TableError as e:
-        print(f"scaling emergence: {e}", file=sys.stderr)
-        return 2
-    if results is None:
-        print(f"scaling emergence: {args.results} has no probe/<task>/<metric> columns; name the metrics with "
-              "--metric", file=sys.stderr)
-        return 2
-    return 0

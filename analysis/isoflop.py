@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from scipy.interpolate import Akima1DInterpolator
 
-from analysis.laws import Fit, summarise
+from analysis.fit import Fit, summarise
 from analysis.table import Table
 
 
@@ -103,9 +103,9 @@ def approach2(t: Table, how: str = "parabola", n_boot: int = 1000, seed: int = 0
     if len(point) < 3:
         warnings.append(f"only {len(point)} budgets with a bracketed minimum: exponents rest on few points")
     table = pd.DataFrame({"C": C, "N_opt": [point[c] for c in C], "D_opt": C / (6 * np.array([point[c] for c in C]))})
-    fit = Fit(f"isoflop_{how}", "N_opt = k_N C^a, D_opt = k_D C^b (IsoFLOP minima)", params, len(df), None,
-              warnings, None, lambda C_: kn * np.asarray(C_, float) ** a,
-              {n: boots[:, i] for i, n in enumerate(names)} if len(boots) else None)
+    fit = Fit(form=f"isoflop_{how}", formula="N_opt = k_N C^a, D_opt = k_D C^b (IsoFLOP minima)", params=params,
+              n_points=len(df), warnings=warnings, predict=lambda C_: kn * np.asarray(C_, float) ** a,
+              samples={n: boots[:, i] for i, n in enumerate(names)} if len(boots) else None)
     return fit, table
 
 
@@ -150,6 +150,6 @@ def approach1(t: Table, n_boot: int = 1000, seed: int = 0) -> tuple[Fit, pd.Data
     names = ["a", "k_N", "b", "k_D"]
     params = summarise(dict(zip(names, point)), {n: boots[:, i] for i, n in enumerate(names)})
     warnings = [] if front["N"].nunique() >= 3 else ["the frontier visits fewer than 3 model sizes"]
-    return Fit("frontier", "N_opt = k_N C^a, D_opt = k_D C^b (lowest loss per compute)", params, len(front),
-               warnings=warnings, predict=lambda C_: point[1] * np.asarray(C_, float) ** point[0],
+    return Fit(form="frontier", formula="N_opt = k_N C^a, D_opt = k_D C^b (lowest loss per compute)",
+               params=params, n_points=len(front), warnings=warnings, predict=lambda C_: point[1] * np.asarray(C_, float) ** point[0],
                samples={n: boots[:, i] for i, n in enumerate(names)}), front

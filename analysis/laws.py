@@ -12,17 +12,17 @@
 * muennighoff(t):  L = E + A / N^alpha + B / D'^beta with D' = U + U R* (1 - exp(-R / R*)), R = D / U - 1
                    (Muennighoff et al. 2023: repeated tokens are worth less), when runs repeat data.
 
-Every fit returns a Fit: params {name: (value, ci_low, ci_high)}, the bootstrap samples, and warnings.
+Every fit returns an analysis.fit.Fit: params {name: (value, ci_low, ci_high)}, the bootstrap samples, and
+warnings.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.optimize import minimize
 
 from analysis import lse
+from analysis.fit import Fit, correlations, identifiability, range_warning, summarise
 from analysis.table import Table
 
 A_GRID = np.arange(0, 26, 5.0)
@@ -31,59 +31,16 @@ E_GRID = np.arange(-1, 1.01, 0.5)
 N_BOOT = 1000
 
 
-@dataclass
-class Fit:
-    form: str
-    formula: str
-    params: dict  # name -> {"value", "ci_low", "ci_high"}
-    n_points: int
-    objective: float | None = None
-    warnings: list[str] = field(default_factory=list)
-    correlations: dict | None = None
-    predict: object = None  # callable(**columns) -> loss, not serialised
-    samples: dict | None = None  # name -> bootstrap samples, not serialised
-
-    def value(self, name: str) -> float:
-        return self.params[name]["value"]
-
-    def to_json(self) -> dict:
-        return {"formula": self.formula, "n_points": self.n_points, "objective": self.objective,
-                "params": self.params, "correlations": self.correlations, "warnings": self.warnings}
+def chinchilla_loss(p: dict, N, D):
+    """L(N, D) = E + A / N^alpha + B / D^beta for parameters p: point values, or bootstrap arrays (broadcast)."""
+    with np.errstate(all="ignore"):  # a resample may run a coefficient off to infinity
+        return p["E"] + p["A"] / np.asarray(N, float) ** p["alpha"] + p["B"] / np.asarray(D, float) ** p["beta"]
 
 
-def summarise(values: dict, samples: dict) -> dict:
-    out = {}
-    for name, v in values.items():
-        lo, hi = lse.interval(samples[name]) if name in samples else (float("nan"), float("nan"))
-        out[name] = {"value": float(v), "ci_low": lo, "ci_high": hi}
-    return out
-
-
-def _correlations(samples: dict, names: list[str]) -> dict:
-    with np.errstate(divide="ignore", over="ignore"):  # log scale: coefficients span decades
-        m = np.log(np.abs(np.column_stack([samples[n] for n in names])))
-    ok = np.isfinite(m).all(1)
-    if ok.sum() < 3:
-        return {}
-    c = np.corrcoef(m[ok].T)
-    return {f"{a}~{b}": float(c[i, j]) for i, a in enumerate(names) for j, b in enumerate(names) if i < j}
-
-
-def _identifiability(params: dict, names: list[str]) -> list[str]:
-    out = []
-    for n in names:
-        p = params[n]
-        lo, hi = p["ci_low"], p["ci_high"]
-        if np.isfinite(lo) and np.isfinite(hi) and lo > 0 and hi / lo > 100:
-            out.append(f"{n}: the 95% interval [{lo:.3g}, {hi:.3g}] spans {np.log10(hi / lo):.1f} orders of "
-                       f"magnitude; the data cannot identify it")
-    return out
-
-
-def _range_warning(x: np.ndarray, name: str) -> list[str]:
-    decades = np.log10(x.max() / x.min())
-    return [f"{name} spans only {decades:.2f} decades; exponents in {name} are poorly constrained"] \
-        if decades < 1 else []
+def predicted_interval(fit: Fit, N: float, D: float) -> tuple[float, float]:
+    """95% interval of a Chinchilla fit's predicted loss at (N, D) over its bootstrap resamples (the parameters'
+    uncertainty only); NaN without resamples."""
+    return lse.interval(chinchilla_loss(fit.samples, N, D)) if fit.samples else (float("nan"), float("nan"))
 
 
 def _fit_and_bootstrap(objective, starts, n: int, n_boot: int, seed: int, bounds=None):
@@ -124,19 +81,16 @@ def chinchilla(t: Table, n_boot: int = N_BOOT, seed: int = 0, method: str = "fas
     if samples:
         samples.update(_derived(samples))
     params = summarise(point, samples)
-    warnings = _range_warning(df["N"].to_numpy(), "N") + _range_warning(df["D"].to_numpy(), "D")
-    warnings += _identifiability(params, ["E", "A", "B"])
+    warnings = range_warning(df["N"].to_numpy(), "N") + range_warning(df["D"].to_numpy(), "D")
+    warnings += identifiability(params, ["E", "A", "B"])
     for k in ("alpha", "beta"):
         if point[k] <= 0:
             warnings.append(f"{k} = {point[k]:.3g} is not positive: loss does not fall with "
                             f"{'N' if k == 'alpha' else 'D'} in this data")
 
-    def predict(N, D):
-        return point["E"] + point["A"] / np.asarray(N, float) ** point["alpha"] + \
-            point["B"] / np.asarray(D, float) ** point["beta"]
-
-    return Fit("chinchilla", "L = E + A / N^alpha + B / D^beta", params, len(df), value, warnings,
-               _correlations(samples, names) if samples else None, predict, samples)
+    return Fit(form="chinchilla", formula="L = E + A / N^alpha + B / D^beta", params=params, n_points=len(df),
+               objective=value, warnings=warnings, correlations=correlations(samples, names) if samples else None,
+               predict=lambda N, D: chinchilla_loss(point, N, D), samples=samples)
 
 
 def _derived(p: dict) -> dict:
@@ -154,8 +108,7 @@ def optimal(fit: Fit, flops, samples: bool = False):
     with np.errstate(all="ignore"):
         n = src["G"] * (C / 6) ** src["a"]
         d = (C / 6) ** src["b"] / src["G"]
-        loss = src["E"] + src["A"] / n ** src["alpha"] + src["B"] / d ** src["beta"]
-    return {"N_opt": n, "D_opt": d, "tokens_per_param": d / n, "loss": loss}
+    return {"N_opt": n, "D_opt": d, "tokens_per_param": d / n, "loss": chinchilla_loss(src, n, d)}
 
 
 # ---------------------------------------------------------------- one variable
@@ -176,13 +129,14 @@ def single(t: Table, x: str, n_boot: int = N_BOOT, seed: int = 0, groups=None) -
     point = {k: v[0] for k, v in natural(theta).items()}
     samples = natural(boot) if boot is not None else {}
     params = summarise(point, samples)
-    warnings = _range_warning(df[x].to_numpy(), x) + _identifiability(params, ["E", "A"])
+    warnings = range_warning(df[x].to_numpy(), x) + identifiability(params, ["E", "A"])
 
     def predict(X):
         return point["E"] + point["A"] * np.asarray(X, float) ** -point["alpha"]
 
-    return Fit(f"L({x})", f"L = E + A * {x}^-alpha", params, len(df), value, warnings,
-               _correlations(samples, ["E", "A", "alpha"]) if samples else None, predict, samples)
+    return Fit(form=f"L({x})", formula=f"L = E + A * {x}^-alpha", params=params, n_points=len(df), objective=value,
+               warnings=warnings, correlations=correlations(samples, ["E", "A", "alpha"]) if samples else None,
+               predict=predict, samples=samples)
 
 
 def power(t: Table, x: str, n_boot: int = N_BOOT, seed: int = 0) -> Fit:
@@ -198,8 +152,9 @@ def power(t: Table, x: str, n_boot: int = N_BOOT, seed: int = 0) -> Fit:
     boot = np.array([solve(rng.integers(0, len(lx), len(lx))) for _ in range(n_boot)]) if n_boot else None
     samples = {"A": boot[:, 0], "alpha": boot[:, 1]} if boot is not None else {}
     params = summarise({"A": A, "alpha": alpha}, samples)
-    return Fit(f"power({x})", f"L = A * {x}^-alpha", params, len(df), None, _range_warning(df[x].to_numpy(), x),
-               None, lambda X: A * np.asarray(X, float) ** -alpha, samples)
+    return Fit(form=f"power({x})", formula=f"L = A * {x}^-alpha", params=params, n_points=len(df),
+               warnings=range_warning(df[x].to_numpy(), x), predict=lambda X: A * np.asarray(X, float) ** -alpha,
+               samples=samples)
 
 
 # ---------------------------------------------------------------- Kaplan et al.
@@ -227,8 +182,9 @@ def kaplan_ns(t: Table, n_boot: int = N_BOOT, seed: int = 0) -> Fit:
         return (point["N_c"] / np.asarray(N, float)) ** point["alpha_N"] + \
             (point["S_c"] / np.asarray(steps, float)) ** point["alpha_S"]
 
-    return Fit("kaplan_ns", "L = (N_c / N)^alpha_N + (S_c / S)^alpha_S", params, len(df), value,
-               _identifiability(params, ["N_c", "S_c"]), None, predict, samples)
+    return Fit(form="kaplan_ns", formula="L = (N_c / N)^alpha_N + (S_c / S)^alpha_S", params=params,
+               n_points=len(df), objective=value, warnings=identifiability(params, ["N_c", "S_c"]), predict=predict,
+               samples=samples)
 
 
 def _kaplan_nd_objective(theta, lN, lD, y, w, delta=lse.DELTA):
@@ -263,9 +219,9 @@ def kaplan_nd(t: Table, n_boot: int = 200, seed: int = 0) -> Fit:
         return ((point["N_c"] / np.asarray(N, float)) ** (point["alpha_N"] / point["alpha_D"]) +
                 point["D_c"] / np.asarray(D, float)) ** point["alpha_D"]
 
-    return Fit("kaplan_nd", "L = [(N_c / N)^(alpha_N / alpha_D) + D_c / D]^alpha_D", params, len(df),
-               float(best.fun), _identifiability(params, ["N_c", "D_c"]), _correlations(samples, names)
-               if samples else None, predict, samples)
+    return Fit(form="kaplan_nd", formula="L = [(N_c / N)^(alpha_N / alpha_D) + D_c / D]^alpha_D", params=params,
+               n_points=len(df), objective=float(best.fun), warnings=identifiability(params, ["N_c", "D_c"]),
+               correlations=correlations(samples, names) if samples else None, predict=predict, samples=samples)
 
 
 # ---------------------------------------------------------------- Muennighoff et al.
@@ -300,5 +256,6 @@ def muennighoff(t: Table, base: Fit, n_boot: int = 200, seed: int = 0) -> Fit:
     point = {k: v[0] for k, v in natural(best.x).items()}
     samples = natural(boot) if boot is not None else {}
     params = summarise(point, samples)
-    return Fit("muennighoff", "L = E + A / N^alpha + B / D'^beta, D' = U + U R* (1 - exp(-R / R*))", params,
-               len(df), float(best.fun), _identifiability(params, ["R_star"]), None, None, samples)
+    return Fit(form="muennighoff", formula="L = E + A / N^alpha + B / D'^beta, D' = U + U R* (1 - exp(-R / R*))",
+               params=params, n_points=len(df), objective=float(best.fun),
+               warnings=identifiability(params, ["R_star"]), samples=samples)

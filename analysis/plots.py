@@ -16,6 +16,7 @@ from matplotlib.colors import LogNorm
 from matplotlib.ticker import NullFormatter, ScalarFormatter
 
 from analysis import laws
+from analysis.isoflop import budgets
 
 LOSS = "loss (nats / token)"
 LABELS = {"N": "N, non-embedding parameters", "D": "D, training tokens", "C": "C = 6ND, FLOPs",
@@ -91,8 +92,6 @@ def loss_vs(result: dict, x: str) -> plt.Figure:
 def isoflop_profiles(result: dict) -> plt.Figure | None:
     if "isoflop_parabola" not in result["forms"]:
         return None
-    from analysis.isoflop import budgets
-
     df = result["table"].df.copy()
     df = df[df["budget"].notna()] if "budget" in df else df
     df["b"] = budgets(df)
@@ -117,10 +116,9 @@ def isoflop_profiles(result: dict) -> plt.Figure | None:
 
 
 def optimal_allocation(result: dict) -> plt.Figure | None:
-    chin = result["forms"].get("chinchilla")
+    chin, df = result["forms"].get("chinchilla"), result["table"].df
     if chin is None:
         return None
-    df = result["table"].df
     C = np.geomspace(df["C"].min(), df["C"].max() * 1000, 100)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     opt = laws.optimal(chin, C)
@@ -147,10 +145,9 @@ def optimal_allocation(result: dict) -> plt.Figure | None:
 
 
 def residuals(result: dict) -> plt.Figure | None:
-    chin = result["forms"].get("chinchilla")
+    chin, df = result["forms"].get("chinchilla"), result["table"].df
     if chin is None:
         return None
-    df = result["table"].df
     rel = (chin.predict(df["N"], df["D"]) - df["loss"]) / df["loss"]
     fig, ax = plt.subplots(figsize=(7, 4))
     cmap, norm = _size_colors(df["N"].unique())

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis import isoflop, laws, lse
+from analysis import emergence_report, isoflop, laws, lse, plots
 from analysis.table import Table, load, results_folder
 
 
@@ -61,10 +61,7 @@ def extrapolation(t: Table, above_flops=None, top_k=None, n_boot: int = 200, see
     pred = fit.predict(held["N"], held["D"])
     rows = []
     for i, r in held.iterrows():
-        s = fit.samples
-        with np.errstate(all="ignore"):
-            band = s["E"] + s["A"] / r["N"] ** s["alpha"] + s["B"] / r["D"] ** s["beta"] if s else None
-        lo, hi = lse.interval(band) if band is not None else (math.nan, math.nan)
+        lo, hi = laws.predicted_interval(fit, r["N"], r["D"])
         rows.append({"N": r["N"], "D": r["D"], "C": r["C"], "loss": r["loss"], "predicted": float(pred[i]),
                      "predicted_low": lo, "predicted_high": hi,
                      "rel_error": float((pred[i] - r["loss"]) / r["loss"])})
@@ -73,32 +70,28 @@ def extrapolation(t: Table, above_flops=None, top_k=None, n_boot: int = 200, see
             "fit": {k: v["value"] for k, v in fit.params.items()}}
 
 
-def fit_all(t: Table, n_boot: int = laws.N_BOOT, seed: int = 0, holdout_above=None, holdout_top=None,
-            budgets_beyond=(10, 100, 1000), method: str = "fast") -> dict:
+def _fit_forms(t: Table, n_boot: int, seed: int, method: str) -> tuple[dict, dict, dict]:
+    """Every form that applies to the table: (forms, skipped with reasons, extra tables of the IsoFLOP methods)."""
     forms, skipped, extra = {}, {}, {}
     df = t.df
-    chin = None
+
+    def add(fit):
+        if fit:
+            forms[fit.form] = fit
+
     if df["N"].nunique() >= 2 and df["D"].nunique() >= 2 and len(df) >= 6:
-        chin = _safe(skipped, "chinchilla", laws.chinchilla, t, n_boot=n_boot, seed=seed, method=method)
-        kap = _safe(skipped, "kaplan_nd", laws.kaplan_nd, t, n_boot=min(n_boot, 200), seed=seed)
-        for f in (chin, kap):
-            if f:
-                forms[f.form] = f
+        add(_safe(skipped, "chinchilla", laws.chinchilla, t, n_boot=n_boot, seed=seed, method=method))
+        add(_safe(skipped, "kaplan_nd", laws.kaplan_nd, t, n_boot=min(n_boot, 200), seed=seed))
     else:
         skipped["chinchilla"] = "needs at least 6 runs with 2 or more distinct N and D"
     for x in ("N", "D", "C"):
-        f = _safe(skipped, f"L({x})", laws.single, envelope(t, x), x, n_boot=n_boot, seed=seed)
-        if f:
-            forms[f.form] = f
+        add(_safe(skipped, f"L({x})", laws.single, envelope(t, x), x, n_boot=n_boot, seed=seed))
     if "steps" in df and df["steps"].nunique() >= 3 and df["N"].nunique() >= 2:
-        f = _safe(skipped, "kaplan_ns", laws.kaplan_ns, t, n_boot=min(n_boot, 200), seed=seed)
-        if f:
-            forms[f.form] = f
+        add(_safe(skipped, "kaplan_ns", laws.kaplan_ns, t, n_boot=min(n_boot, 200), seed=seed))
     front = _safe(skipped, "frontier", isoflop.approach1, t, n_boot=n_boot, seed=seed)
     if front:
         forms["frontier"], extra["frontier"] = front
-    iso_possible = "budget" in df and df["budget"].notna().any()
-    if iso_possible:
+    if "budget" in df and df["budget"].notna().any():
         sub = Table(df[df["budget"].notna()].reset_index(drop=True), t.source)
         for how in ("parabola", "akima"):
             r = _safe(skipped, f"isoflop_{how}", isoflop.approach2, sub, how, n_boot=n_boot, seed=seed)
@@ -106,36 +99,49 @@ def fit_all(t: Table, n_boot: int = laws.N_BOOT, seed: int = 0, holdout_above=No
                 forms[r[0].form], extra[f"isoflop_{how}"] = r
     else:
         skipped["isoflop"] = "no compute-budget column (budget / target_flops)"
-    if chin and "U" in df:
-        f = _safe(skipped, "muennighoff", laws.muennighoff, t, chin, n_boot=min(n_boot, 200), seed=seed)
-        if f:
-            forms["muennighoff"] = f
-    warnings = []
+    if "chinchilla" in forms and "U" in df:
+        add(_safe(skipped, "muennighoff", laws.muennighoff, t, forms["chinchilla"], n_boot=min(n_boot, 200),
+                  seed=seed))
+    return forms, skipped, extra
+
+
+def _warnings(df: pd.DataFrame, forms: dict) -> list[str]:
+    """Warnings about the table as a whole: mixed schedules, methods that disagree."""
+    out = []
     if "schedule" in df and df["schedule"].nunique() > 1:
         counts = ", ".join(f"{k}: {v}" for k, v in df["schedule"].value_counts().sort_index().items())
-        warnings.append(f"the runs mix learning-rate schedules ({counts}); the fitted exponents depend on the "
-                        f"schedule, so fit one at a time (--where \"schedule == 'wsd'\")")
-    if chin and "isoflop_parabola" in forms:
-        a3, a2 = chin.params["a"], forms["isoflop_parabola"].params["a"]
+        out.append(f"the runs mix learning-rate schedules ({counts}); the fitted exponents depend on the "
+                   f"schedule, so fit one at a time (--where \"schedule == 'wsd'\")")
+    if "chinchilla" in forms and "isoflop_parabola" in forms:
+        a3, a2 = forms["chinchilla"].params["a"], forms["isoflop_parabola"].params["a"]
         if a3["ci_high"] < a2["ci_low"] or a2["ci_high"] < a3["ci_low"]:
-            warnings.append(f"methods disagree: a = {a3['value']:.3f} (Approach 3) vs {a2['value']:.3f} "
-                            f"(Approach 2), with non-overlapping intervals")
-    optimal = []
-    if chin:
-        c_max = df["C"].max()
-        for mult in budgets_beyond:
-            C = c_max * mult
-            point = laws.optimal(chin, C)
-            row = {"C": C, **{k: float(v) for k, v in point.items()}}
-            if chin.samples:
-                boot = laws.optimal(chin, C, samples=True)
-                for k, v in boot.items():
-                    row[f"{k}_low"], row[f"{k}_high"] = lse.interval(v)
-            optimal.append(row)
+            out.append(f"methods disagree: a = {a3['value']:.3f} (Approach 3) vs {a2['value']:.3f} "
+                       f"(Approach 2), with non-overlapping intervals")
+    return out
+
+
+def _optimal(chin, c_max: float, budgets_beyond) -> list[dict]:
+    """Compute-optimal N, D and loss at multiples of the largest compute, with intervals."""
+    out = []
+    for mult in budgets_beyond:
+        C = c_max * mult
+        row = {"C": C, **{k: float(v) for k, v in laws.optimal(chin, C).items()}}
+        if chin.samples:
+            for k, v in laws.optimal(chin, C, samples=True).items():
+                row[f"{k}_low"], row[f"{k}_high"] = lse.interval(v)
+        out.append(row)
+    return out
+
+
+def fit_all(t: Table, n_boot: int = laws.N_BOOT, seed: int = 0, holdout_above=None, holdout_top=None,
+            budgets_beyond=(10, 100, 1000), method: str = "fast") -> dict:
+    forms, skipped, extra = _fit_forms(t, n_boot, seed, method)
+    chin = forms.get("chinchilla")
     extrap = _safe(skipped, "extrapolation", extrapolation, t, holdout_above, holdout_top, n_boot=min(n_boot, 200),
                    seed=seed)
-    return {"table": t, "forms": forms, "skipped": skipped, "extra": extra, "optimal": optimal,
-            "extrapolation": extrap, "warnings": warnings, "n_boot": n_boot}
+    return {"table": t, "forms": forms, "skipped": skipped, "extra": extra,
+            "optimal": _optimal(chin, t.df["C"].max(), budgets_beyond) if chin else [],
+            "extrapolation": extrap, "warnings": _warnings(t.df, forms), "n_boot": n_boot}
 
 
 def to_json(result: dict) -> dict:
@@ -176,8 +182,6 @@ def build(results: str | Path, quiet: bool = True, n_boot: int = laws.N_BOOT, fm
           holdout_top=None, figures_only: bool = False, **load_kw) -> dict:
     """The whole analysis of a results folder (or table file): fit.json, plots/, report.md (only the figures
     with figures_only)."""
-    from analysis import plots
-
     folder = results_folder(results)
     t = load(results, **load_kw)
     result = fit_all(t, n_boot=n_boot, holdout_above=holdout_above, holdout_top=holdout_top)
@@ -185,20 +189,21 @@ def build(results: str | Path, quiet: bool = True, n_boot: int = laws.N_BOOT, fm
     if figures_only:
         return result
     (folder / "fit.json").write_text(json.dumps(to_json(result), indent=1, default=float))
+    emergence = None
     if not load_kw.get("where") and not load_kw.get("best_per"):  # our probe columns, if any: emergence.md
-        from analysis import emergence_report
-
-        found = emergence_report.build(results, n_boot=min(n_boot, 400), fmt=fmt, quiet=quiet)
-        if found is None:
+        emergence = emergence_report.analyse_folder(results, n_boot=min(n_boot, 400), fmt=fmt)
+        if emergence is None:
             (folder / "emergence.md").unlink(missing_ok=True)
-    (folder / "report.md").write_text(markdown(result, figures, folder))
+    (folder / "report.md").write_text(markdown(result, figures, folder, emergence.markdown if emergence else None))
     if not quiet:
+        if emergence is not None:
+            print("\n".join(emergence_report.table_lines(emergence.results)) + "\n")
         print(format_tables(result))
         print(f"\nwrote {folder / 'fit.json'}, {folder / 'report.md'} and {len(figures)} figures in {folder / 'plots'}")
     return result
 
 
-def markdown(result: dict, figures: list[Path], folder: Path) -> str:
+def markdown(result: dict, figures: list[Path], folder: Path, emergence: str | None = None) -> str:
     t = result["table"]
     out = [f"# Scaling report: {t.source}", "",
            (f"{len(t.df)} runs used; N from {t.df['N'].min():.3g} to {t.df['N'].max():.3g} non-embedding "
@@ -234,9 +239,8 @@ def markdown(result: dict, figures: list[Path], folder: Path) -> str:
                 f"[{r['predicted_low']:.4f}, {r['predicted_high']:.4f}] | {100 * r['rel_error']:+.2f}% |"
                 for r in e["rows"]]
         out += ["", f"Largest relative error: **{100 * e['max_abs_rel_error']:.2f}%**.", ""]
-    emergence = folder / "emergence.md"
-    if emergence.exists():
-        out += [emergence.read_text(), ""]
+    if emergence:
+        out += [emergence, ""]
     if figures:
         out += ["## Figures", ""] + [f"![{p.stem}]({p.relative_to(folder).as_posix()})" for p in figures]
     return "\n".join(out) + "\n"

@@ -1,7 +1,8 @@
 """The Hydra application: one call of `task` trains one grid cell, under any launcher.
 
-JAX is imported only inside `task`, after the worker has pinned itself to its cores: JAX sizes its CPU thread
-pools from the process's CPU affinity when it starts, and XLA_FLAGS / OMP_NUM_THREADS do not limit them.
+JAX starts only inside `task`, after the worker has pinned itself to its cores: JAX sizes its CPU thread pools
+from the process's CPU affinity when it starts, and XLA_FLAGS / OMP_NUM_THREADS do not limit them. That is why
+the training modules are imported there and not at the top of this file.
 """
 
 from __future__ import annotations
@@ -13,8 +14,11 @@ import sys
 import tempfile
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from scaling import runs
 from scaling.config import ConfigError, register
 
 register()
@@ -45,21 +49,21 @@ def pin_worker(n_workers: int) -> list[int] | None:
     return None
 
 
-def _parallel_workers() -> int:
+def _hydra_job() -> tuple[int, bool]:
+    """(parallel workers of this launcher, whether this is a multirun); (1, False) outside a Hydra job."""
     try:
-        from hydra.core.hydra_config import HydraConfig
-
-        launcher = HydraConfig.get().launcher
-        if "joblib" in str(launcher.get("_target_", "")):
-            n = launcher.get("n_jobs", 1)
-            return os.cpu_count() if n in (-1, None) else int(n)
+        hc = HydraConfig.get()
     except ValueError:  # not inside a Hydra job
-        pass
-    return 1
+        return 1, False
+    launcher, workers = hc.launcher, 1
+    if "joblib" in str(launcher.get("_target_", "")):
+        n = launcher.get("n_jobs", 1)
+        workers = os.cpu_count() if n in (-1, None) else int(n)
+    return workers, hc.mode == RunMode.MULTIRUN
 
 
-def task(cfg: DictConfig) -> dict | None:
-    workers = _parallel_workers()
+def task(cfg: DictConfig) -> dict | list | None:
+    workers, multirun = _hydra_job()
     if workers > 1:
         # Parallel workers share one GPU, if there is one: by default each JAX process would claim 75% of it.
         os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
@@ -67,43 +71,23 @@ def task(cfg: DictConfig) -> dict | None:
         mine = pin_worker(workers)
         if mine:
             log.info("worker %d pinned to cores %s", os.getpid(), mine)
-    from scaling import train  # JAX initialises here
+    from scaling import devices, train  # deliberately lazy: JAX starts here, after pinning (module docstring)
 
+    devices.use_every_core()
     try:
-        return train_cell(cfg)
+        return train.run_cell(cfg)
     except ConfigError as e:
         print(f"scaling: config error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     except Exception as e:  # recorded in the run folder (error.txt); in a multirun the other cells go on
-        log.error("run failed: %s: %s (see %s/error.txt)", type(e).__name__, e, train.runs.run_dir(cfg))
-        if not _in_multirun():
+        log.error("run failed: %s: %s (see %s/error.txt)", type(e).__name__, e, runs.run_dir(cfg))
+        if not multirun:
             raise
         return {"status": "failed", "error": str(e)}
 
 
-def train_cell(cfg: DictConfig):
-    """One grid cell: a run, a warmup-stable-decay trunk with its branches, or a pack of vmapped runs."""
-    from scaling import branching, packing, train
-
-    if cfg.train.branch_tokens is not None:
-        return branching.run(cfg)
-    if cfg.train.seeds is not None or cfg.optim.lrs is not None:
-        return packing.run(cfg)
-    return train.run(cfg)
-
-
-def _in_multirun() -> bool:
-    try:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
-
-        return HydraConfig.get().mode == RunMode.MULTIRUN
-    except ValueError:
-        return False
-
-
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
-def main(cfg: DictConfig) -> dict | None:
+def main(cfg: DictConfig) -> dict | list | None:
     return task(cfg)
 
 

@@ -24,6 +24,16 @@ import tempfile
 import time
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+
+from scaling import devices, program, sizes, throughput
+from scaling import plan as plans
+from scaling.config import ConfigError
+from scaling.sweep_plan import compose
+
 # Dense peak FLOP/s from NVIDIA datasheets (SXM parts), by device-kind substring and compute dtype.
 GPU_PEAKS = {
     "H200": {"float32": 494.7e12, "bfloat16": 989.4e12},
@@ -37,8 +47,6 @@ GPU_PEAKS = {
 
 def _best_seconds(fn, *args, repeats: int = 5) -> float:
     """Best wall time of fn(*args) over `repeats` calls after a warm-up; fn may return JAX or numpy arrays."""
-    import jax
-
     jax.block_until_ready(fn(*args))
     best = float("inf")
     for _ in range(repeats):
@@ -52,10 +60,6 @@ def measure_cpu_peak() -> dict:
     """FLOP/s of large float32 matmuls (through XLA, and through numpy's BLAS, the best this CPU's matmul
     libraries reach) and of an FMA-bound loop (16 dependent x*a+b per element over 128k independent elements,
     400 times, so the FMA units never wait on latency). The peak is the best of the three."""
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-
     n = 4096
     a = jnp.ones((n, n), jnp.float32)
     xla = 2 * n**3 / _best_seconds(jax.jit(lambda x: x @ x), a, repeats=3)
@@ -79,8 +83,6 @@ def measure_cpu_peak() -> dict:
 
 
 def device_peak(dtype: str, override_gflops: float | None) -> tuple[float, str]:
-    import jax
-
     if override_gflops:
         return override_gflops * 1e9, "given (--peak)"
     dev = jax.devices()[0]
@@ -95,17 +97,12 @@ def device_peak(dtype: str, override_gflops: float | None) -> tuple[float, str]:
 
 
 def bench_size(cfg, seconds: float, pack: int = 1) -> dict:
-    import jax
-
-    from scaling import devices, sizes
-    from scaling.train import build, random_chunk, shape_of, steady_tokens_per_s
-
-    shape = shape_of(cfg)
+    shape = plans.shape_of(cfg)
     k, b = cfg.train.steps_per_dispatch, cfg.train.batch_size
     t0 = time.perf_counter()
-    members = [(seed, 1e-4) for seed in range(pack)] if pack > 1 else None
-    state, train_chunk, *_ = build(cfg, shape, 10_000, 1e-4, members)
-    tokens, active = random_chunk(shape, k, b, pack if members else None)
+    prog = program.build(cfg, shape, 10_000, [(seed, 1e-4) for seed in range(pack)])
+    state, train_chunk = prog.state, prog.train_chunk
+    tokens, active = throughput.random_chunk(shape, k, b, pack if pack > 1 else None)
     t_compile = time.perf_counter()
     step = train_chunk.lower(state, tokens, active).compile()
     compile_cold = time.perf_counter() - t_compile
@@ -116,7 +113,7 @@ def bench_size(cfg, seconds: float, pack: int = 1) -> dict:
     t_compile = time.perf_counter()
     train_chunk.lower(state, tokens, active).compile()
     compile_cached = time.perf_counter() - t_compile
-    tok_s = steady_tokens_per_s(step, state, tokens, active, chunks=3, seconds=seconds)
+    tok_s = throughput.steady_tokens_per_s(step, state, tokens, active, chunks=3, seconds=seconds)
     per_token = sizes.flops_per_token(shape)
     return {"model": cfg.model.name, "N": sizes.count_params(shape)["N"], "n_layers": shape.n_layers,
             "d_model": shape.d_model, "batch_size": b, "seq_len": shape.seq_len, "dtype": cfg.model.dtype,
@@ -153,12 +150,6 @@ def main(argv: list[str]) -> int:
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
-    import jax
-    import pandas as pd
-
-    from scaling import devices
-    from scaling.config import ConfigError
-    from scaling.sweep import compose
 
     devices.use_every_core()  # before the peak measurement starts JAX
 

@@ -2,7 +2,7 @@
 
     scaling train [hydra overrides]          one run (or `-m` for a Hydra multirun)
     scaling sweep SWEEP.yaml [overrides]     every cell of a sweep file, then collect, fit, plots and report
-    scaling plan SWEEP.yaml [overrides]      the cells, their sizes and an estimated time, without training
+    scaling plan SWEEP.yaml [--time]         the runs, their sizes and compute (and estimated times), no training
     scaling collect RESULTS                  run folders -> runs.csv, runs.parquet, curves.parquet
     scaling fit | predict | plot | report RESULTS ...   analysis, no training (see `scaling fit --help`)
     scaling emergence RESULTS [--axis ...]   emergence thresholds of probe metrics (or any table's metrics)
@@ -12,6 +12,9 @@
 from __future__ import annotations
 
 import sys
+
+from analysis import cli as analysis_cli
+from scaling import app, collect, sweep
 
 COMMANDS = ("train", "sweep", "plan", "collect", "fit", "predict", "plot", "report", "emergence", "bench")
 
@@ -26,29 +29,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"scaling: unknown command {command!r}; one of: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
     if command == "train":
-        from scaling import app
-
         sys.argv = ["scaling train", *rest]
         app.main()
         return 0
     if command in ("sweep", "plan"):
-        from scaling import sweep
-
         return sweep.cli(command, rest)
     if command == "collect":
-        from scaling import collect
-
         return collect.cli(rest)
     if command == "bench":
-        from scaling import bench
+        from scaling import bench  # deliberately lazy: only `scaling bench` imports JAX in this process
 
         return bench.main(rest)
     if command == "emergence":
-        from analysis import emergence_report
-
-        return emergence_report.main(rest)
-    from analysis import cli as analysis_cli
-
+        return analysis_cli.emergence(rest)
     return analysis_cli.main(command, rest)
 
 

@@ -38,13 +38,13 @@ curves.parquet, one row per log point per run:
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 import pandas as pd
+from omegaconf import OmegaConf
 
-from scaling.runs import read_summary
+from scaling import runs
 
 RENAME = {"tokens_seen": "tokens", "flops": "C", "final_eval_loss": "loss", "final_train_loss": "train_loss"}
 
@@ -55,22 +55,20 @@ def collect(results: str | Path, write: bool = True) -> tuple[pd.DataFrame, pd.D
     if not results.is_dir():
         raise FileNotFoundError(f"{results} is not a folder of runs")
     rows, curves, problems = [], [], []
-    for folder in sorted(p for p in results.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        if folder.name in ("plots", "reference", "trunks", "packs"):
-            continue
-        s = read_summary(folder)
+    for folder in runs.run_folders(results):
+        s = runs.read_summary(folder)
         if s is None or "status" not in s:
             problems.append(f"{folder.name}: no readable summary.json (partial or corrupt run folder); skipped")
             continue
         rows.append(_row(folder, s))
         curves.extend(_curve(folder, s, problems))
-    runs = pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
     curve_df = pd.DataFrame(curves)
-    if write and len(runs):
-        runs.to_csv(results / "runs.csv", index=False)
-        runs.to_parquet(results / "runs.parquet", index=False)
+    if write and len(table):
+        table.to_csv(results / "runs.csv", index=False)
+        table.to_parquet(results / "runs.parquet", index=False)
         curve_df.to_parquet(results / "curves.parquet", index=False)
-    return runs, curve_df, problems
+    return table, curve_df, problems
 
 
 def _row(folder: Path, s: dict) -> dict:
@@ -88,33 +86,23 @@ def _target_flops(folder: Path, s: dict):
     if s.get("length_source") != "train.flops":
         return None
     try:
-        from omegaconf import OmegaConf
-
-        return float(OmegaConf.load(folder / "config.yaml").train.flops)
+        return float(OmegaConf.load(folder / runs.CONFIG).train.flops)
     except Exception:  # noqa: BLE001 -- a missing config only loses the budget label
         return None
 
 
 def _curve(folder: Path, s: dict, problems: list[str]) -> list[dict]:
-    path = folder / "metrics.jsonl"
-    if not path.exists():
-        return []
-    out = []
-    for i, line in enumerate(path.read_text().splitlines()):
-        try:
-            r = json.loads(line)
-        except ValueError:
-            problems.append(f"{folder.name}: metrics.jsonl line {i + 1} is torn; later lines skipped")
-            break
-        out.append({"run_id": folder.name, "model": s.get("model"), "N": s.get("N"), "D": s.get("D"), **r,
-                    "C": 6 * s.get("N", 0) * r["tokens_seen"]})
-    return out
+    rows, torn = runs.read_metrics(folder)
+    if torn:
+        problems.append(f"{folder.name}: {runs.METRICS} line {torn} is torn; later lines skipped")
+    return [{"run_id": folder.name, "model": s.get("model"), "N": s.get("N"), "D": s.get("D"), **r,
+             "C": 6 * s.get("N", 0) * r["tokens_seen"]} for r in rows]
 
 
-def summarize(runs: pd.DataFrame) -> str:
-    if not len(runs):
+def summarize(table: pd.DataFrame) -> str:
+    if not len(table):
         return "no runs"
-    counts = runs["status"].value_counts().to_dict()
+    counts = table["status"].value_counts().to_dict()
     return ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
 
 
@@ -123,15 +111,15 @@ def cli(argv: list[str]) -> int:
         print("usage: scaling collect RESULTS_FOLDER", file=sys.stderr)
         return 2
     try:
-        runs, curves, problems = collect(argv[0])
+        table, curves, problems = collect(argv[0])
     except FileNotFoundError as e:
         print(f"scaling collect: {e}", file=sys.stderr)
         return 2
     for p in problems:
         print(f"warning: {p}", file=sys.stderr)
-    print(f"{argv[0]}: {len(runs)} runs ({summarize(runs)}), {len(curves)} curve points -> runs.csv, "
+    print(f"{argv[0]}: {len(table)} runs ({summarize(table)}), {len(curves)} curve points -> runs.csv, "
           f"runs.parquet, curves.parquet")
-    failed = runs[runs["status"] == "failed"] if len(runs) else runs
+    failed = table[table["status"] == "failed"] if len(table) else table
     for _, r in failed.iterrows():
         print(f"  failed: {r['run_id']}: {r.get('error')}", file=sys.stderr)
     return 0

@@ -20,6 +20,14 @@ class ConfigError(ValueError):
     """A configuration mistake, reported as one line before any compute."""
 
 
+# Allowed values, declared once: validation, the schedules (scaling.optim), the probes (scaling.probes) and the
+# Hydra config groups all read them from here.
+DTYPES = ("float32", "bfloat16")
+SCHEDULES = ("cosine", "wsd", "constant")
+PROGRESS_MODES = ("auto", "bar", "log", "none")
+PROBE_TASKS = ("addition", "copy", "modular")
+
+
 @dataclass
 class ModelConfig:
     name: str = MISSING
@@ -29,7 +37,7 @@ class ModelConfig:
     d_ff: int = MISSING
     seq_len: int = 128
     vocab: int = 256
-    dtype: str = "float32"  # matmul dtype: float32 or bfloat16 (parameters stay float32)
+    dtype: str = "float32"  # matmul dtype, one of DTYPES (parameters stay float32)
 
 
 @dataclass
@@ -46,7 +54,7 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    name: str = "cosine"  # cosine | wsd | constant
+    name: str = "cosine"  # one of SCHEDULES
     lr: float | None = None  # null = sizes.default_learning_rate(d_model)
     warmup_frac: float = 0.05
     warmup_steps: int | None = None  # a fixed warmup length in steps; replaces warmup_frac when set
@@ -61,13 +69,10 @@ class OptimConfig:
     grad_clip: float = 1.0
 
 
-PROBE_TASKS = ("addition", "copy", "modular")  # implemented in scaling.probes
-
-
 @dataclass
 class ProbeConfig:
     # Probe tasks (scaling.probes): evaluated at every evaluation point; mixed into training at train_fraction.
-    tasks: list[str] = field(default_factory=list)  # addition | copy | modular
+    tasks: list[str] = field(default_factory=list)  # any of PROBE_TASKS
     train_fraction: float = 0.0  # share of training rows replaced by probe text
     eval_items: int = 200  # held-out items per task
     addition_digits: int = 2
@@ -78,7 +83,7 @@ class ProbeConfig:
 
 @dataclass
 class TrainConfig:
-    # Run length, in precedence order: the first one set wins (see scaling.train.resolve_steps).
+    # Run length, in precedence order: the first one set wins (see scaling.plan.resolve_steps).
     steps: int | None = None
     flops: float | None = None  # compute budget C, counted as 6 N tokens
     tokens: float | None = None
@@ -96,7 +101,7 @@ class TrainConfig:
     checkpoint_every_s: float = 60.0
     checkpoint_every_steps: int | None = None
     diverge_factor: float = 1.5  # loss above diverge_factor * ln(vocab) counts as diverged
-    progress: str = "auto"  # auto | bar | log | none
+    progress: str = "auto"  # one of PROGRESS_MODES
 
 
 @dataclass
@@ -142,15 +147,18 @@ def with_values(cfg: DictConfig, **changes) -> DictConfig:
 
 
 def register() -> None:
+    """The config groups, from the dataclasses above and the size ladder: the defaults live only here."""
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=Config)
     for name in sizes.SIZE_NAMES:
         s = sizes.ladder_shape(name)
-        cs.store(
-            group="model",
-            name=name,
-            node=ModelConfig(name, s.n_layers, s.d_model, s.n_heads, s.d_ff, s.seq_len, s.vocab),
-        )
+        cs.store(group="model", name=name,
+                 node=ModelConfig(name, s.n_layers, s.d_model, s.n_heads, s.d_ff, s.seq_len, s.vocab))
+    for name in SCHEDULES:
+        cs.store(group="optim", name=name, node=OptimConfig(name=name))
+    cs.store(group="train", name="default", node=TrainConfig())
+    cs.store(group="data", name="stdlib", node=DataConfig(corpus="stdlib"))  # the running Python's stdlib source
+    cs.store(group="data", name="text", node=DataConfig(corpus=MISSING))  # data.corpus=<file, folder or glob>
 
 
 def _positive(value: Any, key: str, kind=float) -> None:
@@ -162,45 +170,47 @@ def _positive(value: Any, key: str, kind=float) -> None:
         raise ConfigError(f"{key} must be {what}, got {value!r}")
 
 
+def _one_of(value: Any, key: str, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key} must be one of {', '.join(allowed)}, got {value!r}")
+
+
 def validate(cfg: DictConfig | dict) -> None:
-    """Raise ConfigError naming the first bad field and what is allowed."""
+    """Raise ConfigError naming the first bad field and what is allowed: the one place where bad values become
+    one-line errors."""
     c = OmegaConf.create(cfg) if isinstance(cfg, dict) else cfg
     m = c.model
-    sizes.Shape(m.n_layers, m.d_model, m.n_heads, m.d_ff, m.seq_len, m.vocab)  # ValueError names the field
-    if m.dtype not in ("float32", "bfloat16"):
-        raise ConfigError(f"model.dtype must be float32 or bfloat16, got {m.dtype!r}")
-    if c.optim.name not in ("cosine", "wsd", "constant"):
-        raise ConfigError(f"optim.name must be one of cosine, wsd, constant, got {c.optim.name!r}")
-    if c.optim.lr is not None:
-        _positive(c.optim.lr, "optim.lr")
+    try:
+        sizes.Shape(m.n_layers, m.d_model, m.n_heads, m.d_ff, m.seq_len, m.vocab)
+    except ValueError as e:  # the shape names its field
+        raise ConfigError(str(e)) from None
+    _one_of(m.dtype, "model.dtype", DTYPES)
+    _validate_optim(c.optim)
+    _validate_train(c.train, c.optim)
+    if c.data.unique_tokens is not None:
+        _positive(c.data.unique_tokens, "data.unique_tokens")
+    if not 0 < c.data.val_fraction < 1:
+        raise ConfigError(f"data.val_fraction must be strictly between 0 and 1, got {c.data.val_fraction!r}")
+    _positive(c.data.eval_windows, "data.eval_windows", int)
+    _validate_probes(c.probes)
+
+
+def _validate_optim(o) -> None:
+    _one_of(o.name, "optim.name", SCHEDULES)
+    if o.lr is not None:
+        _positive(o.lr, "optim.lr")
     for key in ("warmup_frac", "decay_frac", "min_lr_frac"):
-        v = c.optim[key]
-        if not 0 <= v <= 1:
-            raise ConfigError(f"optim.{key} must be between 0 and 1, got {v!r}")
-    if c.optim.warmup_steps is not None and (not isinstance(c.optim.warmup_steps, int) or c.optim.warmup_steps < 0):
-        raise ConfigError(f"optim.warmup_steps must be a non-negative integer or null, got {c.optim.warmup_steps!r}")
-    t = c.train
+        if not 0 <= o[key] <= 1:
+            raise ConfigError(f"optim.{key} must be between 0 and 1, got {o[key]!r}")
+    if o.warmup_steps is not None and (not isinstance(o.warmup_steps, int) or o.warmup_steps < 0):
+        raise ConfigError(f"optim.warmup_steps must be a non-negative integer or null, got {o.warmup_steps!r}")
+
+
+def _validate_train(t, o) -> None:
     if t.branch_tokens is not None:
-        if c.optim.name != "wsd":
-            raise ConfigError(f"train.branch_tokens branches cooldowns off a warmup-stable-decay trunk: it needs "
-                              f"optim=wsd, got optim.name={c.optim.name!r}")
-        if t.steps is not None or t.flops is not None:
-            raise ConfigError("train.branch_tokens sets the run lengths: leave train.steps and train.flops unset")
-        if not t.branch_tokens:
-            raise ConfigError("train.branch_tokens must list at least one token budget, got []")
-        for i, v in enumerate(t.branch_tokens):
-            _positive(v, f"train.branch_tokens[{i}]")
-    if t.seeds is not None or c.optim.lrs is not None:
-        if t.branch_tokens is not None:
-            raise ConfigError("train.branch_tokens cannot be combined with packing (train.seeds, optim.lrs)")
-        for key, values in (("train.seeds", t.seeds), ("optim.lrs", c.optim.lrs)):
-            if values is not None and not values:
-                raise ConfigError(f"{key} must list at least one value, got []")
-        for i, v in enumerate(t.seeds or []):
-            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-                raise ConfigError(f"train.seeds[{i}] must be a non-negative integer, got {v!r}")
-        for i, v in enumerate(c.optim.lrs or []):
-            _positive(v, f"optim.lrs[{i}]")
+        _validate_branches(t, o)
+    if t.seeds is not None or o.lrs is not None:
+        _validate_pack(t, o)
     lengths = [k for k in ("steps", "flops", "tokens", "tokens_per_param") if t[k] is not None]
     if not lengths:
         raise ConfigError("set one of train.steps, train.flops, train.tokens, train.tokens_per_param")
@@ -209,14 +219,35 @@ def validate(cfg: DictConfig | dict) -> None:
     _positive(t.batch_size, "train.batch_size", int)
     _positive(t.steps_per_dispatch, "train.steps_per_dispatch", int)
     _positive(t.n_evals, "train.n_evals", int)
-    if t.progress not in ("auto", "bar", "log", "none"):
-        raise ConfigError(f"train.progress must be one of auto, bar, log, none, got {t.progress!r}")
-    if c.data.unique_tokens is not None:
-        _positive(c.data.unique_tokens, "data.unique_tokens")
-    if not 0 < c.data.val_fraction < 1:
-        raise ConfigError(f"data.val_fraction must be strictly between 0 and 1, got {c.data.val_fraction!r}")
-    _positive(c.data.eval_windows, "data.eval_windows", int)
-    p = c.probes
+    _one_of(t.progress, "train.progress", PROGRESS_MODES)
+
+
+def _validate_branches(t, o) -> None:
+    if o.name != "wsd":
+        raise ConfigError(f"train.branch_tokens branches cooldowns off a warmup-stable-decay trunk: it needs "
+                          f"optim=wsd, got optim.name={o.name!r}")
+    if t.steps is not None or t.flops is not None:
+        raise ConfigError("train.branch_tokens sets the run lengths: leave train.steps and train.flops unset")
+    if not t.branch_tokens:
+        raise ConfigError("train.branch_tokens must list at least one token budget, got []")
+    for i, v in enumerate(t.branch_tokens):
+        _positive(v, f"train.branch_tokens[{i}]")
+
+
+def _validate_pack(t, o) -> None:
+    if t.branch_tokens is not None:
+        raise ConfigError("train.branch_tokens cannot be combined with packing (train.seeds, optim.lrs)")
+    for key, values in (("train.seeds", t.seeds), ("optim.lrs", o.lrs)):
+        if values is not None and not values:
+            raise ConfigError(f"{key} must list at least one value, got []")
+    for i, v in enumerate(t.seeds or []):
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            raise ConfigError(f"train.seeds[{i}] must be a non-negative integer, got {v!r}")
+    for i, v in enumerate(o.lrs or []):
+        _positive(v, f"optim.lrs[{i}]")
+
+
+def _validate_probes(p) -> None:
     unknown = [name for name in p.tasks if name not in PROBE_TASKS]
     if unknown:
         raise ConfigError(f"probes.tasks: unknown task(s) {unknown}; allowed: {', '.join(PROBE_TASKS)}")

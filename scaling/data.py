@@ -225,6 +225,22 @@ def eval_windows(corpus: Corpus, seq_len: int, n_windows: int) -> np.ndarray:
     return np.asarray(corpus.val[starts[:, None] + np.arange(seq_len + 1)], dtype=np.int32)
 
 
+def training_corpus(cfg, shape) -> tuple[Corpus, int]:
+    """A run's corpus and its unique tokens (data.unique_tokens, else the whole training split); the model's
+    vocabulary must cover the corpus."""
+    corpus = load_corpus(cfg.data.corpus, cfg.data.val_fraction, cfg.data.cache_dir)
+    if corpus.vocab > shape.vocab:
+        raise ConfigError(f"model.vocab={shape.vocab} is smaller than the corpus vocabulary ({corpus.vocab})")
+    return corpus, int(cfg.data.unique_tokens) if cfg.data.unique_tokens is not None else corpus.n_train
+
+
+def eval_batches(corpus: Corpus, seq_len: int, n_windows: int) -> np.ndarray:
+    """The fixed validation windows in batches of up to 64, (batches, batch, seq_len + 1)."""
+    val = eval_windows(corpus, seq_len, n_windows)
+    eval_bs = min(64, len(val))
+    return val[: len(val) // eval_bs * eval_bs].reshape(-1, eval_bs, seq_len + 1)
+
+
 def unigram_entropy(tokens: np.ndarray, vocab: int = 256) -> float:
     """Entropy in nats per token of the empirical token distribution: the loss of the best context-free model."""
     counts = np.bincount(np.asarray(tokens), minlength=vocab).astype(np.float64)

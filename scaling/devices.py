@@ -36,7 +36,7 @@ def use_every_core() -> None:
     cores = usable_cores()
     try:
         jax.config.update("jax_num_cpu_devices", cores)
-    except RuntimeError:  # JAX already started (it was used before scaling.train was imported): keep its devices
+    except RuntimeError:  # JAX already started (it ran an operation before this call): keep its devices
         pass
 
 
@@ -67,6 +67,11 @@ def describe() -> str:
                None)
     cores = usable_cores()
     return f"CPU {name}" + (f", {isa}" if isa else "") + f", {cores} core{'s' * (cores > 1)}"
+
+
+def environment(batch_size: int, data_parallel: bool = True) -> dict:
+    """Where a run trains, for its summary: the device, JAX's platform and the devices each batch is split over."""
+    return {"device": describe(), "platform": jax.default_backend(), "devices": device_count(batch_size, data_parallel)}
 
 
 def data_mesh(batch_size: int, enabled: bool = True) -> Mesh | None:

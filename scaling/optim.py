@@ -9,38 +9,31 @@ from __future__ import annotations
 import jax
 import optax
 
-
-def warmup_steps(steps: int, warmup_frac: float, fixed: int | None = None) -> int:
-    """Linear-warmup length: `fixed` steps if given, else warmup_frac of the run; always less than the run."""
-    warmup = fixed if fixed is not None else (max(1, round(warmup_frac * steps)) if warmup_frac > 0 else 0)
-    return min(warmup, steps - 1) if steps > 1 else 0
-
-
-def wsd_decay_start(steps: int, warmup: int, decay_frac: float) -> int:
-    """The step at which a warmup-stable-decay run of `steps` steps leaves its stable phase."""
-    return warmup + max(steps - warmup - max(1, round(decay_frac * steps)), 0)
+from scaling.plan import warmup_steps, wsd_decay_start
 
 
 def schedule(name: str, peak_lr: float, steps: int, warmup_frac: float, min_lr_frac: float, decay_frac: float,
              fixed_warmup: int | None = None):
+    """The learning rate at each step: a linear warmup, then the named schedule (scaling.config.SCHEDULES)."""
     warmup = warmup_steps(steps, warmup_frac, fixed_warmup)
-    ramp = optax.linear_schedule(0.0, peak_lr, warmup) if warmup else None
     rest = steps - warmup
-    if name == "cosine":
-        main = optax.cosine_decay_schedule(peak_lr, max(rest, 1), alpha=min_lr_frac)
-    elif name == "constant":
-        main = optax.constant_schedule(peak_lr)
-    elif name == "wsd":
-        # Warmup-stable-decay (Hu et al. 2024; Hagele et al. 2024): flat, then a linear cooldown to zero
-        # over the last decay_frac of all steps.
-        stable = wsd_decay_start(steps, warmup, decay_frac) - warmup
-        decay = steps - warmup - stable
-        main = optax.join_schedules(
-            [optax.constant_schedule(peak_lr), optax.linear_schedule(peak_lr, 0.0, decay)], [stable]
-        )
-    else:
-        raise ValueError(f"optim.name must be one of cosine, wsd, constant, got {name!r}")
-    return optax.join_schedules([ramp, main], [warmup]) if ramp else main
+    main = {
+        "cosine": lambda: optax.cosine_decay_schedule(peak_lr, max(rest, 1), alpha=min_lr_frac),
+        "constant": lambda: optax.constant_schedule(peak_lr),
+        "wsd": lambda: _wsd(peak_lr, steps, warmup, decay_frac),
+    }[name]()
+    if not warmup:
+        return main
+    return optax.join_schedules([optax.linear_schedule(0.0, peak_lr, warmup), main], [warmup])
+
+
+def _wsd(peak_lr: float, steps: int, warmup: int, decay_frac: float):
+    """Warmup-stable-decay (Hu et al. 2024; Hagele et al. 2024) after the warmup: flat, then a linear cooldown to
+    zero over the last decay_frac of all steps."""
+    stable = wsd_decay_start(steps, warmup, decay_frac) - warmup
+    decay = steps - warmup - stable
+    return optax.join_schedules([optax.constant_schedule(peak_lr), optax.linear_schedule(peak_lr, 0.0, decay)],
+                                [stable])
 
 
 def make_optimizer(cfg, peak_lr: float, steps: int, peak_in_state: bool = False):

@@ -1,33 +1,47 @@
-"""Run identity and run directories.
+"""The run folder: its layout, a run's identity, and every read and write of it. Other modules ask this one.
 
-A run lives in <results_dir>/<sweep>/<run_id>/ where run_id is a stable hash of the resolved config minus the
-keys that cannot change its result (scaling.config.NON_IDENTITY_KEYS). The directory holds:
-
-    config.yaml     the resolved config
-    metrics.jsonl   one line per log point
-    summary.json    status and totals; written at start (status "running") and at the end
-    error.txt       the traceback of a run that raised
-    ckpt/           Orbax checkpoints (latest only)
+    <results_dir>/<sweep>/              one sweep (`scaling collect` writes runs.csv, runs.parquet, curves.parquet)
+        <run_id>/                       one run: run_id is a stable hash of the resolved config minus the keys
+                                        that cannot change its result (scaling.config.NON_IDENTITY_KEYS)
+            config.yaml                 the resolved config
+            metrics.jsonl               one line per evaluation point
+            progress.json               the latest finished step, every few seconds (the sweep's progress line)
+            summary.json                status and totals; written at the start (status "running") and the end
+            error.txt                   the traceback of a run that raised
+            ckpt/                       Orbax checkpoints (latest only)
+            forks/                      a WSD trunk's saved states at its branches' fork steps
+        trunks/<run_id>/                WSD trunks (scaling.branching): run folders the fits never see
+        packs/<id>/ckpt/                the checkpoint of a pack of runs trained together (scaling.packing)
+        plots/, .hydra/                 figures; Hydra's own logs
 
 Status values: running, completed, diverged, interrupted, failed. A run whose summary still says "running"
 was killed without a chance to write (kill -9, node loss): relaunching resumes it like an interrupted one.
+Every JSON file is replaced atomically (written aside, then renamed), so a kill never leaves half of one.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import traceback
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from scaling.config import NON_IDENTITY_KEYS, OPTIONAL_KEYS
 
+CONFIG, METRICS, PROGRESS, SUMMARY, ERROR = "config.yaml", "metrics.jsonl", "progress.json", "summary.json", "error.txt"
+CKPT, FORKS = "ckpt", "forks"
+NOT_RUNS = {"plots", "reference", "trunks", "packs"}  # folders of a sweep that hold no run of their own
+
 FINISHED = {"completed", "diverged"}  # never retrained
 RESUMABLE = {"running", "interrupted"}  # resumed from the latest checkpoint
 RETRY_ON_REQUEST = {"failed"}  # rerun only with rerun_failed=true
 
+
+# ---- identity and places --------------------------------------------------------------------------------------
 
 def identity(cfg: DictConfig) -> dict:
     """The part of the config that determines the result, as a plain dict."""
@@ -48,15 +62,118 @@ def run_id(cfg: DictConfig) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-def run_dir(cfg: DictConfig) -> Path:
-    return Path(cfg.results_dir) / cfg.sweep / run_id(cfg)
+def sweep_dir(cfg: DictConfig) -> Path:
+    return Path(cfg.results_dir) / cfg.sweep
 
+
+def run_dir(cfg: DictConfig) -> Path:
+    return sweep_dir(cfg) / run_id(cfg)
+
+
+def trunk_dir(cfg: DictConfig, trunk: DictConfig) -> Path:
+    """Where the WSD trunk of cfg's branches lives."""
+    return sweep_dir(cfg) / "trunks" / run_id(trunk)
+
+
+def pack_dir(folders: list[Path]) -> Path:
+    """Where the checkpoint of the pack training these run folders together lives."""
+    key = hashlib.sha256(" ".join(f.name for f in folders).encode()).hexdigest()[:12]
+    return folders[0].parent / "packs" / key
+
+
+def run_folders(results: Path) -> list[Path]:
+    """The folders of a sweep that may hold a run, sorted."""
+    return sorted(p for p in Path(results).iterdir()
+                  if p.is_dir() and not p.name.startswith(".") and p.name not in NOT_RUNS)
+
+
+# ---- lifecycle ------------------------------------------------------------------------------------------------
+
+def is_settled(summary: dict | None, rerun_failed: bool) -> bool:
+    """True when a relaunch must leave the run alone: finished, or failed without rerun_failed."""
+    status = (summary or {}).get("status")
+    return status in FINISHED or (status in RETRY_ON_REQUEST and not rerun_failed)
+
+
+def prepare(folder: Path, cfg: DictConfig) -> None:
+    """Create the run folder and write its resolved config."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / CONFIG).write_text(OmegaConf.to_yaml(cfg, resolve=True))
+
+
+def record_failure(folder: Path, e: Exception) -> None:
+    """Mark a run failed, with the traceback being handled in error.txt (rerun only with rerun_failed=true)."""
+    (folder / ERROR).write_text(traceback.format_exc())
+    summary = read_summary(folder) or {}
+    summary.update(status="failed", error=f"{type(e).__name__}: {e}")
+    write_summary(folder, summary)
+
+
+# ---- files ----------------------------------------------------------------------------------------------------
 
 def read_summary(folder: Path) -> dict | None:
     try:
-        return json.loads((Path(folder) / "summary.json").read_text())
+        return json.loads((Path(folder) / SUMMARY).read_text())
     except (OSError, ValueError):
         return None
+
+
+def write_summary(folder: Path, summary: dict) -> None:
+    write_json_atomic(folder / SUMMARY, summary)
+
+
+def read_metrics(folder: Path) -> tuple[list[dict], int | None]:
+    """The log rows, and the 1-based number of the first torn line (what a kill mid-write leaves), if any; rows
+    after a torn line are not read."""
+    path = Path(folder) / METRICS
+    rows = []
+    for i, line in enumerate(path.read_text().splitlines() if path.exists() else []):
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            return rows, i + 1
+    return rows, None
+
+
+def write_metrics(folder: Path, rows: list[dict]) -> None:
+    (folder / METRICS).write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def append_metrics(folder: Path, row: dict) -> None:
+    with (folder / METRICS).open("a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def truncate_metrics(folder: Path, step: int) -> None:
+    """Drop log lines written after the checkpoint a run resumes from: they will be written again."""
+    if (folder / METRICS).exists():
+        write_metrics(folder, [r for r in read_metrics(folder)[0] if r.get("step", math.inf) <= step])
+
+
+def write_progress(folder: Path, step: int) -> None:
+    write_json_atomic(folder / PROGRESS, {"step": step})
+
+
+def trained_steps(folder: Path) -> int:
+    """How far a run has trained, from the tail of its log or its progress file (cheap: for polling)."""
+    return max(_last_logged_step(folder / METRICS), _progress_step(folder / PROGRESS))
+
+
+def _last_logged_step(path: Path) -> int:
+    try:
+        with path.open("rb") as f:
+            f.seek(max(0, path.stat().st_size - 4096))
+            lines = f.read().decode(errors="ignore").strip().splitlines()
+        return int(json.loads(lines[-1])["step"]) if lines else 0
+    except (OSError, ValueError, KeyError, IndexError):
+        return 0
+
+
+def _progress_step(path: Path) -> int:
+    try:
+        return int(json.loads(path.read_text())["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
 
 
 def write_json_atomic(path: Path, obj) -> None:

@@ -9,9 +9,11 @@ import pytest
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 
+from scaling import devices
 from scaling.config import register
 
 register()
+devices.use_every_core()  # as the entry points do: one JAX CPU device per core, before JAX's first operation
 
 TINY = [
     "model=s01",

@@ -1,4 +1,4 @@
-"""A stand-in for scaling.train._Stop that reports SIGTERM after a number of checks (a kill between chunks)."""
+"""A stand-in for scaling.engine.Stop that reports SIGTERM after a number of checks (a kill between chunks)."""
 
 
 class StopAfter:

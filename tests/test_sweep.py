@@ -32,15 +32,15 @@ def scaling(*args, tmp_path, **kw):
 
 
 def test_every_shipped_sweep_file_composes_into_valid_cells(tmp_path):
-    from scaling import sweep
+    from scaling import sweep_file, sweep_plan
 
     files = sorted((Path(__file__).parents[1] / "sweeps").glob("*.yaml"))
     assert {"quick.yaml", "emergence.yaml", "heads.yaml"} <= {p.name for p in files}
     for p in files:
-        rows = sweep.plan(sweep.load_sweep(p), [f"results_dir={tmp_path}"], measure=False)
-        assert rows and all(r["status"] == "new" and r["N"] > 0 and r["steps"] > 0 for r in rows), p.name
+        rows = sweep_plan.plan(sweep_file.load_sweep(p), [f"results_dir={tmp_path}"])
+        assert rows and all(r.status == "new" and r.N > 0 and r.steps > 0 for r in rows), p.name
         if p.name == "heads.yaml":  # each size against its own 16-wide head count
-            assert sorted((r["model"], r["cfg"].model.n_heads) for r in rows) == [
+            assert sorted((r.model, r.cfg.model.n_heads) for r in rows) == [
                 ("s06", 4), ("s06", 6), ("s08", 4), ("s08", 8)]
 
 
@@ -100,14 +100,14 @@ def test_kill_minus_9_then_relaunch_resumes(tmp_path, cache_dir):
 
 
 def test_progress_line_counts_finished_runs_and_reads_the_running_step(tmp_path, cache_dir):
-    from scaling import runs, sweep
+    from scaling import progress, runs, sweep_file, sweep_plan
 
-    spec = sweep.load_sweep(write_sweep(tmp_path, "progress", [40]))
-    rows = sweep.plan(spec, [f"results_dir={tmp_path / 'results'}", *TINY], measure=False)
-    done, running = (runs.run_dir(r["cfg"]) for r in rows)
+    spec = sweep_file.load_sweep(write_sweep(tmp_path, "progress", [40]))
+    rows = sweep_plan.plan(spec, [f"results_dir={tmp_path / 'results'}", *TINY])
+    done, running = (runs.run_dir(r.cfg) for r in rows)
     for folder, status in ((done, "completed"), (running, "running")):
         folder.mkdir(parents=True)
         runs.write_json_atomic(folder / "summary.json", {"status": status})
     runs.write_json_atomic(running / "progress.json", {"step": 20})
-    line = sweep.Progress(rows).report()
+    line = progress.SweepProgress(rows).report()
     assert line.startswith("[sweep] 1/2 runs done") and "50%" in line and "ETA" in line, line

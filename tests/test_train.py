@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from interrupt import StopAfter  # tests/interrupt.py
 
-from scaling import runs, train
+from scaling import engine, plan, program, runs, throughput, train
 from scaling.config import ConfigError
 
 
@@ -49,10 +49,11 @@ def test_padding_steps_of_a_short_last_chunk_change_nothing(make_cfg):
     assert padded["final_eval_loss"] == pytest.approx(exact["final_eval_loss"], rel=1e-5)
 
     cfg = make_cfg()
-    shape = train.shape_of(cfg)
-    state, train_chunk, *_ = train.build(cfg, shape, 100, 1e-3)
+    shape = plan.shape_of(cfg)
+    prog = program.build(cfg, shape, 100, [(cfg.train.seed, 1e-3)])
+    state, train_chunk = prog.state, prog.train_chunk
     before = [np.asarray(x) for x in jax.tree.leaves(state)]
-    tokens, _ = train.random_chunk(shape, 4, 8)
+    tokens, _ = throughput.random_chunk(shape, 4, 8)
     state, _ = train_chunk(state, tokens, np.zeros(4, bool))
     assert all(np.array_equal(a, np.asarray(b)) for a, b in zip(before, jax.tree.leaves(state)))
 
@@ -75,7 +76,7 @@ def test_resume_equals_uninterrupted(make_cfg, tmp_path, monkeypatch, stop_after
     train.run(straight)
     cfg = make_cfg(*base, "sweep=interrupted")
     with monkeypatch.context() as m:
-        m.setattr(train, "_Stop", StopAfter(stop_after))
+        m.setattr(engine, "Stop", StopAfter(stop_after))
         s = train.run(cfg)
     assert s["status"] == "interrupted" and s["steps_done"] < 30
     resumed = train.run(cfg)
@@ -126,13 +127,13 @@ def test_run_length_precedence():
     from omegaconf import OmegaConf
 
     t = OmegaConf.create({"steps": None, "flops": 6e9, "tokens": 1e9, "tokens_per_param": 20})
-    assert train.resolve_steps(t, 1000, 100) == (10_000, "train.flops")
+    assert plan.resolve_steps(t, 1000, 100) == (10_000, "train.flops")
     t.flops = None
-    assert train.resolve_steps(t, 1000, 100) == (10_000_000, "train.tokens")
+    assert plan.resolve_steps(t, 1000, 100) == (10_000_000, "train.tokens")
     t.tokens = None
-    assert train.resolve_steps(t, 1000, 100) == (200, "train.tokens_per_param")
+    assert plan.resolve_steps(t, 1000, 100) == (200, "train.tokens_per_param")
     t.steps = 7
-    assert train.resolve_steps(t, 1000, 100) == (7, "train.steps")
+    assert plan.resolve_steps(t, 1000, 100) == (7, "train.steps")
 
 
 def test_user_corpus_run(make_cfg, text_corpus):

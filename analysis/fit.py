@@ -1,0 +1,65 @@
+"""A fitted law as a typed result: parameters with 95% bootstrap intervals, samples, warnings; and the checks
+every form shares (intervals, correlations, identifiability, range)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from analysis import lse
+
+
+@dataclass(kw_only=True)
+class Fit:
+    form: str
+    formula: str
+    params: dict  # name -> {"value", "ci_low", "ci_high"}
+    n_points: int
+    objective: float | None = None
+    warnings: list[str] = field(default_factory=list)
+    correlations: dict | None = None
+    predict: object = None  # callable(**columns) -> loss, not serialised
+    samples: dict | None = None  # name -> bootstrap samples, not serialised
+
+    def value(self, name: str) -> float:
+        return self.params[name]["value"]
+
+    def to_json(self) -> dict:
+        return {"formula": self.formula, "n_points": self.n_points, "objective": self.objective,
+                "params": self.params, "correlations": self.correlations, "warnings": self.warnings}
+
+
+def summarise(values: dict, samples: dict) -> dict:
+    out = {}
+    for name, v in values.items():
+        lo, hi = lse.interval(samples[name]) if name in samples else (float("nan"), float("nan"))
+        out[name] = {"value": float(v), "ci_low": lo, "ci_high": hi}
+    return out
+
+
+def correlations(samples: dict, names: list[str]) -> dict:
+    with np.errstate(divide="ignore", over="ignore"):  # log scale: coefficients span decades
+        m = np.log(np.abs(np.column_stack([samples[n] for n in names])))
+    ok = np.isfinite(m).all(1)
+    if ok.sum() < 3:
+        return {}
+    c = np.corrcoef(m[ok].T)
+    return {f"{a}~{b}": float(c[i, j]) for i, a in enumerate(names) for j, b in enumerate(names) if i < j}
+
+
+def identifiability(params: dict, names: list[str]) -> list[str]:
+    out = []
+    for n in names:
+        p = params[n]
+        lo, hi = p["ci_low"], p["ci_high"]
+        if np.isfinite(lo) and np.isfinite(hi) and lo > 0 and hi / lo > 100:
+            out.append(f"{n}: the 95% interval [{lo:.3g}, {hi:.3g}] spans {np.log10(hi / lo):.1f} orders of "
+                       f"magnitude; the data cannot identify it")
+    return out
+
+
+def range_warning(x: np.ndarray, name: str) -> list[str]:
+    decades = np.log10(x.max() / x.min())
+    return [f"{name} spans only {decades:.2f} decades; exponents in {name} are poorly constrained"] \
+        if decades < 1 else []

@@ -1,0 +1,271 @@
+"""The training engine: one loop for 1 to P runs of one shape and length, trained as one program.
+
+A single run, a warmup-stable-decay trunk or branch (scaling.branching) and a pack of runs (scaling.packing) all
+train here, so resume, checkpoint cadence (train.checkpoint_every_s, train.checkpoint_every_steps), the
+divergence check, evaluation rows, progress.json, the progress bar and the summaries hold for every kind of run.
+Losses come back to the host one chunk late (after the next chunk is dispatched), which keeps the device busy
+while the host checks them for divergence and assembles the next batches. A member whose loss is non-finite or
+above diverge_factor x ln(vocab) is recorded as diverged at that step; the others go on. SIGTERM or SIGINT saves
+a checkpoint and stops the loop between chunks; a relaunch resumes from the latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+from omegaconf import DictConfig
+
+from scaling import checkpoints, data, devices, probes, program, runs, summary
+from scaling import plan as plans
+from scaling.progress import RunProgress
+
+log = logging.getLogger("scaling.train")
+
+
+@dataclass(frozen=True)
+class Fork:
+    """Where a run starts when it has no checkpoint of its own: the state another run (a warmup-stable-decay
+    trunk) saved at `step` in <folder>/forks/, and that run's log up to it."""
+
+    folder: Path
+    step: int
+
+
+class Stop:
+    """Turns SIGTERM / SIGINT into a flag that the loop checks between chunks."""
+
+    def __init__(self):
+        self.signal = None
+        self._old = {}
+
+    def __enter__(self):
+        for s in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._old[s] = signal.signal(s, self._handle)
+            except ValueError:  # not the main thread: signals cannot be caught here
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        self.signal = signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+class Timer:
+    """Steady-state tokens/s: the first chunk (compilation) and evaluation / checkpoint time are excluded."""
+
+    def __init__(self, t_start: float):
+        self.t_start, self.first_s, self.t_first_done, self.first_n = t_start, None, None, 0
+        self.trained, self.overhead_s = 0, 0.0
+
+    def chunk_done(self, n: int) -> None:
+        if self.first_s is None:
+            self.first_s, self.t_first_done, self.first_n = time.time() - self.t_start, time.time(), n
+        self.trained += n
+
+    def tokens_per_s(self, tokens_per_step: int) -> float | None:
+        if self.first_s is None:
+            return None
+        n, seconds = self.trained - self.first_n, time.time() - self.t_first_done - self.overhead_s
+        return n * tokens_per_step / seconds if n > 0 and seconds > 0 else None
+
+
+class Engine:
+    """Trains `cfgs` (one config per member, equal but for seed and learning rate) into `folders`, with the
+    loop's checkpoint in `home` (the run folder of a single run); see the module docstring."""
+
+    def __init__(self, cfgs: list[DictConfig], folders: list[Path], home: Path, fork: Fork | None = None,
+                 save_forks: tuple[int, ...] = (), extra_points: tuple[int, ...] = ()):
+        self.t_start = time.time()
+        cfg = self.cfg = cfgs[0]
+        self.cfgs, self.folders, self.home, self.fork, self.save_forks = cfgs, folders, home, fork, save_forks
+        self.p = len(cfgs)
+        program.enable_compilation_cache(cfg.data.cache_dir)
+        self.plan = plans.plan_run(cfg, (*save_forks, *extra_points))
+        shape = self.plan.shape
+        self.corpus, self.unique = data.training_corpus(cfg, shape)
+        self.lrs = [plans.peak_lr(c, shape) for c in cfgs]
+        self.prog = program.build(cfg, shape, self.plan.steps, [(c.train.seed, lr) for c, lr in zip(cfgs, self.lrs)])
+        self.batches = [data.Batches(self.corpus, self.unique, shape.seq_len, cfg.train.batch_size, c.train.seed)
+                        for c in cfgs]
+        self.probe_tasks = probes.tasks(cfg.probes)
+        self.probe_sets = [probes.eval_set(t, cfg.probes.eval_items, shape.seq_len) for t in self.probe_tasks]
+        self.val = jnp.asarray(data.eval_batches(self.corpus, shape.seq_len, cfg.data.eval_windows))
+        self.limit = cfg.train.diverge_factor * math.log(shape.vocab)
+        self.ckpt = checkpoints.manager(home / runs.CKPT)
+        self.forks = checkpoints.manager(home / runs.FORKS, max_to_keep=None) if save_forks else None
+        self.sums, self.ns, self.bad = np.zeros(self.p), np.zeros(self.p), np.zeros(self.p, int)
+        self.last: list[dict | None] = [None] * self.p
+        self.step = self.end = 0
+        self.elapsed0, self.resumed = 0.0, None
+        self.timer = Timer(self.t_start)
+        log.info("%s: N=%s (non-embedding) layers=%d d_model=%d; D=%s; %d steps (%s); (seed, lr) %s",
+                 folders[0].name if self.p == 1 else f"pack {home.name} of {self.p} runs", f"{self.plan.N:,}",
+                 shape.n_layers, shape.d_model, f"{self.unique:,}", self.plan.steps, self.plan.length_source,
+                 [(c.train.seed, lr) for c, lr in zip(cfgs, self.lrs)])
+
+    def run(self) -> list[dict]:
+        """Train to the end, a divergence of every member, or a signal; return each member's summary."""
+        self._start()
+        self.summaries = self._summaries()
+        self.progress = RunProgress(self.cfg.train.progress, self.plan.steps, self.step)
+        self.t_loop = self.t_progress = time.time()
+        with Stop() as stop:
+            status = self._loop(stop)
+        return self._finish(status)
+
+    def _start(self) -> None:
+        """Resume from this loop's checkpoint, else start from a fork of another run, else from scratch."""
+        at, source = self.ckpt.latest_step(), self.ckpt
+        if at is None and self.fork is not None:
+            source, at = checkpoints.manager(self.fork.folder / runs.FORKS, max_to_keep=None), self.fork.step
+            if at not in source.all_steps():
+                raise RuntimeError(f"no saved state at step {at} in {self.fork.folder / runs.FORKS} to branch from")
+            # The branch's log starts with its trunk's, which is its own history up to the fork.
+            runs.write_metrics(self.folders[0], [r for r in runs.read_metrics(self.fork.folder)[0] if r["step"] <= at])
+        if at is not None:
+            acc, self.elapsed0 = checkpoints.restore(source, at, self.prog.state, self.p)
+            self.prog.state = program.place_state(self.cfg, self.prog.state)
+            self.step = self.end = int(at)
+            self.sums, self.ns, self.bad = acc[0], acc[1], acc[2].astype(int)
+            self.resumed = self.step if source is self.ckpt else None
+            log.info("%s at step %d", "resumed" if source is self.ckpt else "branched", self.step)
+            if source is not self.ckpt:
+                source.close()
+        for folder in self.folders:
+            runs.truncate_metrics(folder, self.step)
+
+    def _summaries(self) -> list[dict]:
+        """Each member's summary at the start (status running), written to its folder."""
+        env = devices.environment(self.cfg.train.batch_size, self.cfg.train.data_parallel)
+        head = summary.head(self.cfg, self.plan, self.unique, self.corpus.fingerprint, env)
+        out = []
+        for cfg, folder, lr in zip(self.cfgs, self.folders, self.lrs):
+            s = {"run_id": folder.name, "status": "running", **head, "seed": cfg.train.seed, "lr": lr,
+                 "resumed_from_step": self.resumed}
+            if self.fork is not None:
+                s.update(branch_of=self.fork.folder.name, fork_step=self.fork.step)
+            if self.p > 1:
+                s.update(pack_id=self.home.name, pack_size=self.p)
+            runs.write_summary(folder, s)
+            out.append(s)
+        return out
+
+    def _loop(self, stop: Stop) -> str:
+        plan, tc = self.plan, self.cfg.train
+        pending, t_ckpt = None, time.time()
+        for start, n in (c for c in plan.chunks if c[0] >= self.step):
+            tokens = self._tokens(start, n)  # host work overlaps the chunk still running on the device
+            if pending is not None and not self._check(*pending):
+                return "diverged"
+            pending = None
+            self.prog.state, losses = self.prog.train_chunk(self.prog.state, tokens, np.arange(plan.k) < n)
+            self.end = end = start + n
+            every = tc.checkpoint_every_steps
+            due = time.time() - t_ckpt > tc.checkpoint_every_s or bool(every and end % every == 0)
+            signalled = stop.signal  # read once: a signal arriving later in this chunk waits for the next
+            if not (end in plan.points or due or signalled):
+                pending = (start, n, losses)
+                continue
+            if not self._check(start, n, losses):
+                return "diverged"
+            if end in plan.points:
+                self._evaluate(end)
+            if end in self.save_forks and end not in self.forks.all_steps():  # saved before a kill: the same state
+                self._save(end, self.forks)
+            if (due or signalled) and end < plan.steps:
+                self._save(end, self.ckpt)
+                t_ckpt = time.time()
+            if signalled:
+                log.warning("%s interrupted by %s at step %d; checkpoint saved", self.home.name, signalled, end)
+                return "interrupted"
+        return "completed"
+
+    def _tokens(self, start: int, n: int) -> np.ndarray:
+        """The next chunk's batches (probe text mixed in), padding steps zeroed; a member axis first when packed."""
+        tokens = np.stack([b.get(start, self.plan.k) for b in self.batches])
+        for member, cfg in zip(tokens, self.cfgs):
+            probes.mix(member, start, self.probe_tasks, cfg.probes.train_fraction, cfg.train.seed)
+        tokens[:, n:] = 0
+        return tokens if self.p > 1 else tokens[0]
+
+    def _check(self, start: int, n: int, losses) -> bool:
+        """Read a finished chunk's losses (waits for it); mark diverged members. False when none is left."""
+        host = np.asarray(losses).reshape(self.p, -1)[:, :n]
+        self.timer.chunk_done(n)
+        for i in np.flatnonzero(self.bad == 0):
+            wrong = np.flatnonzero(~np.isfinite(host[i]) | (host[i] > self.limit))
+            if len(wrong):
+                self.bad[i] = start + int(wrong[0]) + 1
+                log.error("run %s diverged at step %d: loss %s", self.folders[i].name, self.bad[i], host[i, wrong[0]])
+        self.sums += host.astype(np.float64).sum(1)
+        self.ns += n
+        end = start + n
+        alive = self.bad == 0
+        if alive.any():
+            self.progress.update(end, float(host[alive, -1][0]))
+        if end in self.plan.points or time.time() - self.t_progress > 5:  # the sweep's progress line reads it
+            for folder in self.folders:
+                runs.write_progress(folder, end)
+            self.t_progress = time.time()
+        return bool(alive.any())
+
+    def _evaluate(self, end: int) -> None:
+        """Evaluation loss and probe metrics of every live member: one metrics.jsonl row each."""
+        t0 = time.time()
+        evals = np.asarray(self.prog.eval_loss(self.prog.state, self.val)).reshape(self.p)
+        scored: list[dict] = [{} for _ in range(self.p)]
+        for es in self.probe_sets:
+            lp, hit = (np.asarray(a).reshape(self.p, *a.shape[-2:])
+                       for a in self.prog.probe_logprobs(self.prog.state, jnp.asarray(es.rows)))
+            for i in range(self.p):
+                scored[i].update(probes.score(es, lp[i], hit[i]))
+        tok_s = self.timer.tokens_per_s(self.plan.tokens_per_step * self.p)
+        for i in np.flatnonzero(self.bad == 0):
+            row = {"step": end, "tokens_seen": end * self.plan.tokens_per_step,
+                   "train_loss": self.sums[i] / self.ns[i], "eval_loss": float(evals[i]), **scored[i],
+                   "lr": float(self.prog.lr_fns[i](end - 1)), "tokens_per_s": tok_s and tok_s / self.p,
+                   "elapsed_s": self.elapsed0 + time.time() - self.t_loop}
+            runs.append_metrics(self.folders[i], row)
+            self.last[i] = row
+        if (self.bad == 0).any():
+            self.progress.log(self.last[int(np.flatnonzero(self.bad == 0)[0])], self.p)
+        self.sums[:], self.ns[:] = 0.0, 0
+        self.timer.overhead_s += time.time() - t0
+
+    def _save(self, step: int, manager) -> None:
+        t0 = time.time()
+        checkpoints.save(manager, step, self.prog.state, np.stack([self.sums, self.ns, self.bad]),
+                         self.elapsed0 + time.time() - self.t_loop)
+        self.timer.overhead_s += time.time() - t0
+
+    def _finish(self, status: str) -> list[dict]:
+        """The final checkpoint and every member's summary."""
+        self.progress.close()
+        if status == "completed" and not self.bad.all():
+            self._save(self.plan.steps, self.ckpt)
+        tok_s = self.timer.tokens_per_s(self.plan.tokens_per_step * self.p)
+        wall = self.elapsed0 + time.time() - self.t_loop
+        for i, (cfg, folder, s) in enumerate(zip(self.cfgs, self.folders, self.summaries)):
+            bad = int(self.bad[i])
+            s.update({"status": "diverged" if bad else status, "diverged_at_step": bad or None,
+                      **summary.totals(cfg, self.plan.shape, self.unique, bad - 1 if bad else self.end, self.last[i],
+                                       self.probe_tasks),
+                      **summary.timing(self.plan.shape, wall, self.timer.first_s, tok_s and tok_s / self.p)})
+            runs.write_summary(folder, s)
+            log.info("run %s %s: eval loss %s after %d steps, %.1f s", folder.name, s["status"],
+                     s["final_eval_loss"], s["steps_done"], s["wall_s"])
+        self.ckpt.close()
+        if self.forks is not None:
+            self.forks.close()
+        return self.summaries

@@ -1,0 +1,81 @@
+"""Sweep files: what they may say, and the grid cells they expand to.
+
+A sweep file (YAML) names the results folder, fixed settings and one or more grids; each grid is a Cartesian
+product that Hydra's sweeper expands, and the union of the grids is the sweep:
+
+    name: quick                      # results/<name>/
+    n_boot: 1000                     # bootstrap resamples for the fits at the end (optional)
+    overrides:                       # Hydra overrides applied to every cell (and may pick the launcher)
+      - launcher=joblib
+      - train.batch_size=32
+    grids:
+      - model: [s01, s02, s03]
+        train.tokens: [2.5e5, 1e6]
+    wsd_branches: false              # true: per grid point, the train.tokens values come from one warmup-
+                                     # stable-decay trunk with a cooldown branched off at each (scaling.branching)
+    pack: false                      # true: a grid's train.seed and optim.lr values train as one vmapped
+                                     # program per grid point (scaling.packing)
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from scaling.config import ConfigError
+
+PACKED_KEYS = {"train.seed": "train.seeds", "optim.lr": "optim.lrs"}
+
+
+def load_sweep(path: str | Path) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"sweep file {p} does not exist; sweep files live in sweeps/ (e.g. sweeps/quick.yaml)")
+    spec = OmegaConf.to_container(OmegaConf.load(p), resolve=True)
+    if not isinstance(spec, dict) or "grids" not in spec:
+        raise ConfigError(f"{p}: a sweep file needs 'grids:' (a list of key: [values] maps)")
+    spec.setdefault("name", p.stem)
+    spec.setdefault("overrides", [])
+    for i, g in enumerate(spec["grids"]):
+        if not isinstance(g, dict) or not g:
+            raise ConfigError(f"{p}: grids[{i}] must be a map of config key -> list of values")
+        for key, values in g.items():
+            if not isinstance(values, list) or not values:
+                g[key] = [values]
+    return spec
+
+
+def hydra_value(v) -> str:
+    """A value as a Hydra override writes it."""
+    if isinstance(v, list):
+        return "[" + ",".join(hydra_value(x) for x in v) + "]"
+    return str(v).lower() if isinstance(v, bool) else ("null" if v is None else str(v))
+
+
+def as_launched(spec: dict, g: dict) -> tuple[dict, list[str]]:
+    """A grid as launched, and the overrides it adds. With wsd_branches, its train.tokens values become one
+    train.branch_tokens list (one trunk with a cooldown per budget) under optim=wsd; with pack, its train.seed
+    and optim.lr values become train.seeds and optim.lrs lists (one vmapped program)."""
+    g, added = dict(g), []
+    if spec.get("wsd_branches") and "train.tokens" in g:
+        g["train.branch_tokens"] = [g.pop("train.tokens")]
+        added.append("optim=wsd")
+    if spec.get("pack"):
+        for key, packed in PACKED_KEYS.items():
+            if len(g.get(key, [])) > 1:
+                g[packed] = [g.pop(key)]
+    return g, added
+
+
+def cells(spec: dict, extra: list[str]) -> list[list[str]]:
+    """Every cell of the sweep as a list of Hydra overrides."""
+    out = []
+    for g in spec["grids"]:
+        g, added = as_launched(spec, g)
+        keys = list(g)
+        for combo in itertools.product(*(g[k] for k in keys)):
+            out.append([*spec["overrides"], *added, *(f"{k}={hydra_value(v)}" for k, v in zip(keys, combo)),
+                        f"sweep={spec['name']}", *extra])
+    return out

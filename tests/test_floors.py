@@ -1,0 +1,34 @@
+"""The floors of the house: the planning layer and `scaling plan` never import JAX; analysis/ imports neither JAX
+nor the training package."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).parents[1]
+
+
+def _no_jax(code: str, tmp_path) -> subprocess.CompletedProcess:
+    probe = f"{code}\nimport sys\nassert 'jax' not in sys.modules, sorted(m for m in sys.modules if 'jax' in m)[:5]\n"
+    return subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=False)
+
+
+def test_analysis_stands_apart_from_the_training_package(tmp_path):
+    code = ("import analysis.cli, analysis.report, analysis.emergence_report, analysis.isoflop\n"
+            "assert not [m for m in sys.modules if m.split('.')[0] == 'scaling'], 'analysis imported scaling'")
+    r = _no_jax("import sys\n" + code, tmp_path)
+    assert r.returncode == 0, r.stderr
+
+
+def test_scaling_plan_runs_without_jax(tmp_path):
+    code = ("from scaling import cli\n"
+            f"assert cli.main(['plan', 'sweeps/quick.yaml', 'results_dir={tmp_path}']) == 0\n")
+    r = _no_jax(code, tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "sweep quick: 16 cells" in r.stdout and "total: C" in r.stdout
+
+
+def test_the_pure_floor_imports_no_jax(tmp_path):
+    modules = "config, sizes, plan, packing, branching, runs, summary, sweep_file, sweep_plan, progress, collect"
+    r = _no_jax(f"from scaling import {modules}", tmp_path)
+    assert r.returncode == 0, r.stderr
