@@ -1,13 +1,15 @@
-"""A fitted law as a typed result: parameters with 95% bootstrap intervals, samples, warnings; and the checks
-every form shares (intervals, correlations, identifiability, range)."""
+"""Typed results: a fitted law (parameters with 95% bootstrap intervals, samples, warnings), the checks every
+form shares (intervals, correlations, identifiability, range), and the analysis of a whole table."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 import numpy as np
+import pandas as pd
 
 from analysis import lse
+from analysis.table import Table
 
 
 @dataclass(kw_only=True)
@@ -63,3 +65,18 @@ def range_warning(x: np.ndarray, name: str) -> list[str]:
     decades = np.log10(x.max() / x.min())
     return [f"{name} spans only {decades:.2f} decades; exponents in {name} are poorly constrained"] \
         if decades < 1 else []
+
+
+@dataclass(kw_only=True)
+class Analysis:
+    """Everything fitted on one table: the forms that applied (name -> Fit), the ones skipped with the reason,
+    the IsoFLOP and frontier tables, compute-optimal rows beyond the sweep, the extrapolation check (as in
+    fit.json) and the table-wide warnings."""
+    table: Table
+    forms: dict[str, Fit]
+    skipped: dict[str, str]
+    extra: dict[str, pd.DataFrame]
+    optimal: list[dict]
+    extrapolation: dict | None
+    warnings: list[str]
+    n_boot: int

@@ -10,12 +10,14 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
+
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.colors import LogNorm
 from matplotlib.ticker import NullFormatter, ScalarFormatter
 
 from analysis import laws
+from analysis.fit import Analysis
 from analysis.isoflop import budgets
 
 LOSS = "loss (nats / token)"
@@ -58,15 +60,15 @@ def loss_curves(t) -> plt.Figure | None:
     return fig
 
 
-def loss_vs(result: dict, x: str) -> plt.Figure:
-    t = result["table"]
+def loss_vs(result: Analysis, x: str) -> plt.Figure:
+    t = result.table
     df = t.df
     fig, ax = plt.subplots(figsize=(7, 4.5))
     cmap, norm = _size_colors(df["N"].unique())
     ax.scatter(df[x], df["loss"], c=[cmap(norm(n)) for n in df["N"]], s=28, edgecolor="k", lw=0.4, zorder=3,
                label="runs")
     grid = np.geomspace(df[x].min() / 1.5, df[x].max() * 3, 200)
-    f = result["forms"].get(f"L({x})")
+    f = result.forms.get(f"L({x})")
     if f is not None:
         p = {k: v["value"] for k, v in f.params.items()}
         ax.plot(grid, f.predict(grid), "k--", lw=1.3,
@@ -77,7 +79,7 @@ def loss_vs(result: dict, x: str) -> plt.Figure:
                 band = s["E"][:, None] + s["A"][:, None] * grid[None] ** -s["alpha"][:, None]
             lo, hi = np.nanpercentile(band, [2.5, 97.5], axis=0)
             ax.fill_between(grid, lo, hi, color="k", alpha=0.12, label="95% band")
-    chin = result["forms"].get("chinchilla")
+    chin = result.forms.get("chinchilla")
     if chin is not None and x == "D":
         for n in sorted(df["N"].unique()):
             ax.plot(grid, chin.predict(n, grid), color=cmap(norm(n)), lw=1, alpha=0.8)
@@ -89,13 +91,13 @@ def loss_vs(result: dict, x: str) -> plt.Figure:
     return fig
 
 
-def isoflop_profiles(result: dict) -> plt.Figure | None:
-    if "isoflop_parabola" not in result["forms"]:
+def isoflop_profiles(result: Analysis) -> plt.Figure | None:
+    if "isoflop_parabola" not in result.forms:
         return None
-    df = result["table"].df.copy()
+    df = result.table.df.copy()
     df = df[df["budget"].notna()] if "budget" in df else df
     df["b"] = budgets(df)
-    minima = result["extra"]["isoflop_parabola"]
+    minima = result.extra["isoflop_parabola"]
     fig, ax = plt.subplots(figsize=(7, 4.5))
     cmap = plt.get_cmap("plasma")
     bs = sorted(df["b"].unique())
@@ -115,8 +117,8 @@ def isoflop_profiles(result: dict) -> plt.Figure | None:
     return fig
 
 
-def optimal_allocation(result: dict) -> plt.Figure | None:
-    chin, df = result["forms"].get("chinchilla"), result["table"].df
+def optimal_allocation(result: Analysis) -> plt.Figure | None:
+    chin, df = result.forms.get("chinchilla"), result.table.df
     if chin is None:
         return None
     C = np.geomspace(df["C"].min(), df["C"].max() * 1000, 100)
@@ -128,12 +130,12 @@ def optimal_allocation(result: dict) -> plt.Figure | None:
         if band is not None:
             lo, hi = np.nanpercentile(band[key], [2.5, 97.5], axis=1)
             ax.fill_between(C, lo, hi, color="k", alpha=0.12)
-        if "frontier" in result["extra"]:
-            f = result["extra"]["frontier"]
+        if "frontier" in result.extra:
+            f = result.extra["frontier"]
             ax.scatter(f["C"], f["N" if key == "N_opt" else "D"], color="tab:orange", s=18,
                        label="compute frontier (Approach 1)", zorder=3)
-        if "isoflop_parabola" in result["extra"]:
-            m = result["extra"]["isoflop_parabola"]
+        if "isoflop_parabola" in result.extra:
+            m = result.extra["isoflop_parabola"]
             ax.scatter(m["C"], m[key], color="tab:blue", marker="s", s=24, label="IsoFLOP minima (Approach 2)",
                        zorder=3)
         ax.axvspan(df["C"].min(), df["C"].max(), color="tab:green", alpha=0.07, label="sweep range")
@@ -144,8 +146,8 @@ def optimal_allocation(result: dict) -> plt.Figure | None:
     return fig
 
 
-def residuals(result: dict) -> plt.Figure | None:
-    chin, df = result["forms"].get("chinchilla"), result["table"].df
+def residuals(result: Analysis) -> plt.Figure | None:
+    chin, df = result.forms.get("chinchilla"), result.table.df
     if chin is None:
         return None
     rel = (chin.predict(df["N"], df["D"]) - df["loss"]) / df["loss"]
@@ -153,7 +155,7 @@ def residuals(result: dict) -> plt.Figure | None:
     cmap, norm = _size_colors(df["N"].unique())
     ax.scatter(df["C"], 100 * rel, c=[cmap(norm(n)) for n in df["N"]], s=28, edgecolor="k", lw=0.4,
                label="in-sample (all runs)")
-    e = result["extrapolation"]
+    e = result.extrapolation
     if e:
         ax.scatter([r["C"] for r in e["rows"]], [100 * r["rel_error"] for r in e["rows"]], marker="x",
                    color="red", s=50, label=f"held out ({e['holdout']})")
@@ -166,11 +168,11 @@ def residuals(result: dict) -> plt.Figure | None:
     return fig
 
 
-def all_figures(result: dict, folder: Path, fmt: str = "png") -> list[Path]:
+def all_figures(result: Analysis, folder: Path, fmt: str = "png") -> list[Path]:
     if fmt not in ("png", "svg", "pdf"):
         raise ValueError(f"figure format must be png, svg or pdf, got {fmt!r}")
     folder.mkdir(parents=True, exist_ok=True)
-    figures = {"loss_curves": loss_curves(result["table"]), "loss_vs_N": loss_vs(result, "N"),
+    figures = {"loss_curves": loss_curves(result.table), "loss_vs_N": loss_vs(result, "N"),
                "loss_vs_D": loss_vs(result, "D"), "loss_vs_C": loss_vs(result, "C"),
                "isoflop": isoflop_profiles(result), "optimal_allocation": optimal_allocation(result),
                "residuals": residuals(result)}

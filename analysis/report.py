@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from analysis import emergence_report, isoflop, laws, lse, plots
+from analysis.fit import Analysis
 from analysis.table import Table, load, results_folder
 
 
@@ -134,28 +135,28 @@ def _optimal(chin, c_max: float, budgets_beyond) -> list[dict]:
 
 
 def fit_all(t: Table, n_boot: int = laws.N_BOOT, seed: int = 0, holdout_above=None, holdout_top=None,
-            budgets_beyond=(10, 100, 1000), method: str = "fast") -> dict:
+            budgets_beyond=(10, 100, 1000), method: str = "fast") -> Analysis:
     forms, skipped, extra = _fit_forms(t, n_boot, seed, method)
     chin = forms.get("chinchilla")
     extrap = _safe(skipped, "extrapolation", extrapolation, t, holdout_above, holdout_top, n_boot=min(n_boot, 200),
                    seed=seed)
-    return {"table": t, "forms": forms, "skipped": skipped, "extra": extra,
-            "optimal": _optimal(chin, t.df["C"].max(), budgets_beyond) if chin else [],
-            "extrapolation": extrap, "warnings": _warnings(t.df, forms), "n_boot": n_boot}
+    return Analysis(table=t, forms=forms, skipped=skipped, extra=extra,
+                    optimal=_optimal(chin, t.df["C"].max(), budgets_beyond) if chin else [],
+                    extrapolation=extrap, warnings=_warnings(t.df, forms), n_boot=n_boot)
 
 
-def to_json(result: dict) -> dict:
-    t = result["table"]
-    return {"source": t.source, "n_rows": len(t.df), "n_boot": result["n_boot"], "excluded": t.excluded,
-            "forms": {k: f.to_json() for k, f in result["forms"].items()}, "skipped": result["skipped"],
-            "extrapolation": result["extrapolation"], "optimal": result["optimal"], "warnings": result["warnings"]}
+def to_json(result: Analysis) -> dict:
+    t = result.table
+    return {"source": t.source, "n_rows": len(t.df), "n_boot": result.n_boot, "excluded": t.excluded,
+            "forms": {k: f.to_json() for k, f in result.forms.items()}, "skipped": result.skipped,
+            "extrapolation": result.extrapolation, "optimal": result.optimal, "warnings": result.warnings}
 
 
-def format_tables(result: dict) -> str:
+def format_tables(result: Analysis) -> str:
     lines = []
-    t = result["table"]
+    t = result.table
     lines.append(f"{t.source}: {len(t.df)} rows used" + (f"; excluded: {'; '.join(t.excluded)}" if t.excluded else ""))
-    for name, f in result["forms"].items():
+    for name, f in result.forms.items():
         lines.append("")
         lines.append(f"{name}: {f.formula}   ({f.n_points} points)")
         lines.append(f"  {'parameter':<16}{'value':>12}{'95% low':>12}{'95% high':>12}")
@@ -163,11 +164,11 @@ def format_tables(result: dict) -> str:
             lines.append(f"  {p:<16}{v['value']:>12.4g}{v['ci_low']:>12.4g}{v['ci_high']:>12.4g}")
         for w in f.warnings:
             lines.append(f"  warning: {w}")
-    for name, why in result["skipped"].items():
+    for name, why in result.skipped.items():
         lines.append(f"\n{name}: not fitted ({why})")
-    for w in result["warnings"]:
+    for w in result.warnings:
         lines.append(f"\nwarning: {w}")
-    e = result["extrapolation"]
+    e = result.extrapolation
     if e:
         lines.append(f"\nextrapolation: Chinchilla law fitted on {e['n_fit']} runs, predicting {e['holdout']}:")
         for r in e["rows"]:
@@ -179,7 +180,7 @@ def format_tables(result: dict) -> str:
 
 
 def build(results: str | Path, quiet: bool = True, n_boot: int = laws.N_BOOT, fmt: str = "png", holdout_above=None,
-          holdout_top=None, figures_only: bool = False, **load_kw) -> dict:
+          holdout_top=None, figures_only: bool = False, **load_kw) -> Analysis:
     """The whole analysis of a results folder (or table file): fit.json, plots/, report.md (only the figures
     with figures_only)."""
     folder = results_folder(results)
@@ -203,34 +204,34 @@ def build(results: str | Path, quiet: bool = True, n_boot: int = laws.N_BOOT, fm
     return result
 
 
-def markdown(result: dict, figures: list[Path], folder: Path, emergence: str | None = None) -> str:
-    t = result["table"]
+def markdown(result: Analysis, figures: list[Path], folder: Path, emergence: str | None = None) -> str:
+    t = result.table
     out = [f"# Scaling report: {t.source}", "",
            (f"{len(t.df)} runs used; N from {t.df['N'].min():.3g} to {t.df['N'].max():.3g} non-embedding "
            f"parameters, D from {t.df['D'].min():.3g} to {t.df['D'].max():.3g} tokens, C from "
            f"{t.df['C'].min():.3g} to {t.df['C'].max():.3g} FLOPs (C = 6ND).")]
     if t.excluded:
         out += ["", "Excluded: " + "; ".join(t.excluded) + "."]
-    n = result["n_boot"]
+    n = result.n_boot
     out += ["", "## Fitted laws", "", (f"95% intervals from {n:,} bootstrap resamples of runs ({min(n, 200):,} for "
                                        "the Kaplan and data-constrained forms and the extrapolation check)."), ""]
-    for name, f in result["forms"].items():
+    for name, f in result.forms.items():
         out += [f"### {name}: `{f.formula}`", "", "| parameter | value | 95% interval |", "|---|---|---|"]
         out += [f"| {p} | {v['value']:.4g} | [{v['ci_low']:.4g}, {v['ci_high']:.4g}] |" for p, v in f.params.items()]
         out += [f"\n> warning: {w}" for w in f.warnings] + [""]
-    if result["skipped"]:
-        out += ["Not fitted: " + "; ".join(f"{k} ({v})" for k, v in result["skipped"].items()) + ".", ""]
-    out += [f"> warning: {w}" for w in result["warnings"]]
-    if result["optimal"]:
+    if result.skipped:
+        out += ["Not fitted: " + "; ".join(f"{k} ({v})" for k, v in result.skipped.items()) + ".", ""]
+    out += [f"> warning: {w}" for w in result.warnings]
+    if result.optimal:
         out += ["## Compute-optimal allocation beyond the sweep (Chinchilla fit)", "",
                 "| C (FLOPs) | N_opt | D_opt | tokens / parameter | predicted loss |", "|---|---|---|---|---|"]
-        for r in result["optimal"]:
+        for r in result.optimal:
             def cell(k, r=r):
                 return f"{r[k]:.3g} [{r.get(k + '_low', math.nan):.3g}, {r.get(k + '_high', math.nan):.3g}]"
             out.append(f"| {r['C']:.3g} | {cell('N_opt')} | {cell('D_opt')} | {cell('tokens_per_param')} | "
                        f"{cell('loss')} |")
         out.append("")
-    e = result["extrapolation"]
+    e = result.extrapolation
     if e:
         out += ["## Extrapolation check", "",
                 f"The Chinchilla law refitted on {e['n_fit']} runs predicts {e['holdout']}:", "",

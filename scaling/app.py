@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import signal
 import sys
 import tempfile
 
@@ -18,7 +19,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from scaling import runs
+from scaling import runs, signals
 from scaling.config import ConfigError, register
 
 register()
@@ -33,7 +34,8 @@ def pin_worker(n_workers: int) -> list[int] | None:
         return None
     cpus = sorted(os.sched_getaffinity(0))
     per = max(1, len(cpus) // n_workers)
-    folder = os.path.join(tempfile.gettempdir(), f"scaling-slots-{os.getppid()}")
+    # The sweep hands its workers a folder it deletes at the end; a plain `scaling train -m` shares one per parent.
+    folder = os.environ.get("SCALING_SLOTS") or os.path.join(tempfile.gettempdir(), f"scaling-slots-{os.getppid()}")
     os.makedirs(folder, exist_ok=True)
     for slot in range(n_workers):
         f = open(os.path.join(folder, str(slot)), "w")  # noqa: SIM115 -- held open for the process lifetime
@@ -71,19 +73,32 @@ def task(cfg: DictConfig) -> dict | list | None:
         mine = pin_worker(workers)
         if mine:
             log.info("worker %d pinned to cores %s", os.getpid(), mine)
+    signals.record_signals()  # from here on a stop signal is acted on at the next chunk boundary
+    if signals.received():  # a worker told to stop does not start another run
+        return {"status": "interrupted", "error": f"not started: {signals.received()}"}
     from scaling import devices, train  # deliberately lazy: JAX starts here, after pinning (module docstring)
 
     devices.use_every_core()
     try:
-        return train.run_cell(cfg)
+        result = train.run_cell(cfg)
     except ConfigError as e:
         print(f"scaling: config error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+    except OSError as e:  # a results folder that cannot be written, a full disk: the run is resumable
+        print(f"scaling: {e.strerror or e}: {e.filename or runs.run_dir(cfg)}; finished runs are kept, relaunch "
+              "once it is fixed", file=sys.stderr)
+        if not multirun:
+            raise SystemExit(1) from None
+        return {"status": "failed", "error": str(e)}
     except Exception as e:  # recorded in the run folder (error.txt); in a multirun the other cells go on
         log.error("run failed: %s: %s (see %s/error.txt)", type(e).__name__, e, runs.run_dir(cfg))
         if not multirun:
             raise
         return {"status": "failed", "error": str(e)}
+    if signals.received():  # checkpointed and marked interrupted: stop here, and the multirun with us
+        log.warning("interrupted by %s; checkpoint saved, relaunch to resume", signals.received())
+        raise SystemExit(128 + signal.Signals[signals.received()].value)
+    return result
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")

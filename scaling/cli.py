@@ -14,7 +14,8 @@ from __future__ import annotations
 import sys
 
 from analysis import cli as analysis_cli
-from scaling import app, collect, sweep
+from scaling import app, collect, runs, sweep, sweep_plan
+from scaling.config import ConfigError
 
 COMMANDS = ("train", "sweep", "plan", "collect", "fit", "predict", "plot", "report", "emergence", "bench")
 
@@ -29,9 +30,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"scaling: unknown command {command!r}; one of: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
     if command == "train":
-        sys.argv = ["scaling train", *rest]
-        app.main()
-        return 0
+        return _train(rest)
     if command in ("sweep", "plan"):
         return sweep.cli(command, rest)
     if command == "collect":
@@ -43,6 +42,30 @@ def main(argv: list[str] | None = None) -> int:
     if command == "emergence":
         return analysis_cli.emergence(rest)
     return analysis_cli.main(command, rest)
+
+
+
+def _train(rest: list[str]) -> int:
+    cfg = _composed(rest)
+    if cfg is not None:  # a results folder that cannot be written is one line here, before Hydra writes into it
+        try:
+            sweep.writable(runs.sweep_dir(cfg))
+        except ConfigError as e:
+            print(f"scaling train: config error: {e}", file=sys.stderr)
+            return 2
+    sys.argv = ["scaling train", *rest]
+    app.main()
+    return 0
+
+
+def _composed(rest: list[str]):
+    """The config of a single run, or None for a multirun or a bad override (Hydra reports that itself)."""
+    if "-m" in rest or "--multirun" in rest:
+        return None
+    try:
+        return sweep_plan.compose(rest)
+    except Exception:  # noqa: BLE001 -- Hydra raises several kinds; app.main reports each in its own words
+        return None
 
 
 if __name__ == "__main__":

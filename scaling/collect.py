@@ -17,6 +17,9 @@ runs.csv / runs.parquet, one row per run (every status kept, never dropped silen
     flops_with_attention      (6 N + 12 n_layers seq_len d_model) tokens, FLOPs
     flops_total_params        6 N_total tokens, FLOPs
     loss                      final evaluation loss, nats per byte, on the fixed validation set
+    final_eval_step           the step that loss was measured at (below steps_done for a run interrupted between
+                              evaluation points)
+    metrics_damaged_lines     metrics.jsonl lines found damaged on a resume and dropped, if any
     train_loss                mean training loss over the last log interval, nats per byte
     lr, schedule, batch_size, seed
     wall_s, tokens_per_s, hardware_flops_per_s, time_to_first_step_s   seconds; tokens/s; FLOP/s; seconds
@@ -26,6 +29,7 @@ runs.csv / runs.parquet, one row per run (every status kept, never dropped silen
                               probe/<task>/<metric>@chance (chance level) and @items (evaluation items)
     probe_train_fraction      share of training rows that were probe text (0: probes evaluated only)
     resumed_from_step         the checkpoint step a relaunch resumed from, else empty
+    results_version           the code's results version (scaling.config.RESULTS_VERSION; empty means 1)
     branch_of, fork_step      warmup-stable-decay branches (scaling.branching): the trunk (<sweep>/trunks/<id>) and
                               the step the cooldown branched off it; wall_s includes the trunk's time to the fork
     pack_id, pack_size        runs trained as one vmapped pack (scaling.packing): the pack (<sweep>/packs/<id>) and
@@ -64,6 +68,11 @@ def collect(results: str | Path, write: bool = True) -> tuple[pd.DataFrame, pd.D
         curves.extend(_curve(folder, s, problems))
     table = pd.DataFrame(rows)
     curve_df = pd.DataFrame(curves)
+    if len(table):
+        versions = sorted(set(table.get("results_version", pd.Series(dtype=float)).fillna(1).astype(int)) or {1})
+        if len(versions) > 1:
+            problems.append(f"the table mixes runs of results versions {versions} (code changes that alter "
+                            f"results; scaling.config.RESULTS_VERSION): compare runs of one version only")
     if write and len(table):
         table.to_csv(results / "runs.csv", index=False)
         table.to_parquet(results / "runs.parquet", index=False)
@@ -92,9 +101,10 @@ def _target_flops(folder: Path, s: dict):
 
 
 def _curve(folder: Path, s: dict, problems: list[str]) -> list[dict]:
-    rows, torn = runs.read_metrics(folder)
-    if torn:
-        problems.append(f"{folder.name}: {runs.METRICS} line {torn} is torn; later lines skipped")
+    rows, damaged = runs.read_metrics(folder)
+    if damaged:
+        problems.append(f"{folder.name}: {runs.METRICS} line(s) {damaged} are damaged and skipped; the "
+                        f"{len(rows)} valid rows are kept")
     return [{"run_id": folder.name, "model": s.get("model"), "N": s.get("N"), "D": s.get("D"), **r,
              "C": 6 * s.get("N", 0) * r["tokens_seen"]} for r in rows]
 
@@ -115,6 +125,9 @@ def cli(argv: list[str]) -> int:
     except FileNotFoundError as e:
         print(f"scaling collect: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # the tables cannot be written there
+        print(f"scaling collect: cannot write the tables: {e.strerror or e}: {e.filename or argv[0]}", file=sys.stderr)
+        return 1
     for p in problems:
         print(f"warning: {p}", file=sys.stderr)
     print(f"{argv[0]}: {len(table)} runs ({summarize(table)}), {len(curves)} curve points -> runs.csv, "

@@ -42,14 +42,15 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    # "stdlib" (the running interpreter's standard library), a text file, a folder, a glob, or a .u8/.u16
-    # token file.
+    # "stdlib" (the running interpreter's standard library), a text file (split by byte ranges), a folder, a
+    # glob, or a .u8/.u16 token file.
     corpus: str = "stdlib"
     # D: distinct training tokens a run may see (a prefix of the shuffled training stream); null = all.
     unique_tokens: float | None = None
     val_fraction: float = 0.05  # files whose stable hash falls below this go to validation
     eval_windows: int = 512  # validation windows of seq_len tokens, the same for every run
     cache_dir: str | None = None  # default: $SCALING_CACHE or ~/.cache/scaling
+    binary: bool = False  # train on files that are mostly not text (refused otherwise: a wrong path, usually)
 
 
 @dataclass
@@ -131,9 +132,35 @@ NON_IDENTITY_KEYS = {
 }
 
 
-# Keys added after runs were first published: left out of the identity while at their default (None), so the
-# run ids of earlier results stay valid.
-OPTIONAL_KEYS = {"optim.warmup_steps", "optim.lrs", "train.branch_tokens", "train.seeds"}
+# The keys every run id has hashed since run ids were first published. A key added to the config later enters a
+# run's identity only when it is set to something other than its default, so adding a field leaves every
+# existing run id unchanged (scaling.runs.identity). Never add to this set.
+IDENTITY_KEYS = frozenset({
+    "data.corpus", "data.eval_windows", "data.unique_tokens", "data.val_fraction",
+    "model.d_ff", "model.d_model", "model.dtype", "model.n_heads", "model.n_layers", "model.seq_len", "model.vocab",
+    "optim.b1", "optim.b2", "optim.decay_frac", "optim.eps", "optim.grad_clip", "optim.lr", "optim.min_lr_frac",
+    "optim.name", "optim.warmup_frac", "optim.weight_decay",
+    "probes.addition_digits", "probes.addition_reversed", "probes.copy_length", "probes.eval_items",
+    "probes.modulus", "probes.tasks", "probes.train_fraction",
+    "train.batch_size", "train.diverge_factor", "train.flops", "train.n_evals", "train.seed", "train.steps",
+    "train.steps_per_dispatch", "train.tokens", "train.tokens_per_param",
+})
+
+# Bump when a code change alters results (the model's numerics, the data order, the optimizer, ...): runs of
+# another version get other ids, so a relaunch retrains them, and collect warns when one table mixes versions.
+# Version 1 is not hashed, which keeps the ids published before the version existed.
+RESULTS_VERSION = 1
+
+
+def defaults() -> dict:
+    """Every config key that has a default, dotted, with its default value."""
+    out = {key: getattr(Config, key) for key in ("sweep", "results_dir", "rerun_failed", "pin_cpus")}
+    for group, cls in (("data", DataConfig), ("optim", OptimConfig), ("train", TrainConfig),
+                       ("probes", ProbeConfig), ("model", ModelConfig)):
+        for key, value in OmegaConf.to_container(OmegaConf.structured(cls)).items():
+            if value != MISSING:
+                out[f"{group}.{key}"] = value
+    return out
 
 
 def with_values(cfg: DictConfig, **changes) -> DictConfig:

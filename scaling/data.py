@@ -30,6 +30,7 @@ from scaling.config import ConfigError
 SEPARATOR = 0  # byte between documents
 SHUFFLE_SEED = 0x5CA1E  # fixed: the training stream is the same for every run and every D
 TOKEN_FILE_SUFFIXES = {".u8": np.uint8, ".u16": np.uint16}
+MAX_NON_TEXT = 0.10  # share of a corpus's bytes that may be non-text before it is refused (data.binary)
 
 
 def cache_root(cache_dir: str | None = None) -> Path:
@@ -79,18 +80,25 @@ class Corpus:
         return int(self.train.shape[0])
 
 
-def load_corpus(spec: str = "stdlib", val_fraction: float = 0.05, cache_dir: str | None = None) -> Corpus:
-    """Tokenize (once) and memory-map a corpus."""
+def load_corpus(spec: str = "stdlib", val_fraction: float = 0.05, cache_dir: str | None = None,
+                binary: bool = False) -> Corpus:
+    """Tokenize (once) and memory-map a corpus. A corpus whose bytes are mostly not text is refused unless
+    `binary` (data.binary): a folder of images or archives is usually a wrong path, not a training set."""
     if Path(spec).suffix in TOKEN_FILE_SUFFIXES and Path(spec).is_file():
         return _load_token_file(Path(spec), val_fraction)
     files = stdlib_files() if spec == "stdlib" else text_files(spec)
     listing = [(rel, p.stat().st_size, p.stat().st_mtime_ns) for rel, p in files]
-    key_src = json.dumps({"spec": spec, "val_fraction": val_fraction, "files": listing, "v": 1})
+    key_src = json.dumps({"spec": spec, "val_fraction": val_fraction, "files": listing, "v": 2})
     key = hashlib.sha1(key_src.encode()).hexdigest()[:16]
     folder = cache_root(cache_dir) / key
     if not (folder / "meta.json").exists():
         _build_cache(folder, spec, files, val_fraction)
     meta = json.loads((folder / "meta.json").read_text())
+    non_text = meta["fingerprint"].get("non_text_fraction", 0.0)
+    if non_text > MAX_NON_TEXT and not binary:
+        raise ConfigError(f"data.corpus={spec!r}: {non_text:.0%} of its bytes are not text (control bytes or "
+                          f"invalid UTF-8; allowed: at most {MAX_NON_TEXT:.0%}); check the path, or set "
+                          f"data.binary=true to train on the raw bytes")
     return Corpus(
         train=np.memmap(folder / "train.bin", dtype=np.uint8, mode="r"),
         val=np.memmap(folder / "val.bin", dtype=np.uint8, mode="r"),
@@ -99,18 +107,39 @@ def load_corpus(spec: str = "stdlib", val_fraction: float = 0.05, cache_dir: str
     )
 
 
-def _build_cache(folder: Path, spec: str, files, val_fraction: float) -> None:
-    content = hashlib.sha256()
-    train_docs, val_docs, n_bytes = [], [], 0
+def non_text_bytes(data: bytes) -> int:
+    """Bytes that no text file holds: control characters other than tab, newline, carriage return and form
+    feed, and bytes that are not valid UTF-8."""
+    controls = sum(data.count(bytes([c])) for c in (*range(9), 11, *range(14, 32), 127))
+    return controls + data.decode("utf-8", errors="replace").count("\ufffd")
+
+
+def _split(files, val_fraction: float) -> tuple[list[bytes], list[bytes], hashlib._Hash, int, int]:
+    """(train documents, validation documents, content hash, bytes, non-text bytes). Files go to validation by a
+    stable hash of their path; a single file is split by byte ranges instead: its last val_fraction, from the
+    line boundary nearest the cut, is validation."""
+    content, train_docs, val_docs, n_bytes, non_text = hashlib.sha256(), [], [], 0, 0
     for rel, path in files:
         data = path.read_bytes()
         content.update(rel.encode() + b"\0" + data)
         n_bytes += len(data)
+        non_text += non_text_bytes(data)
         (val_docs if _stable_unit(rel) < val_fraction else train_docs).append(data)
-    if not train_docs or not val_docs:
+    if len(files) == 1:
+        data = (train_docs + val_docs)[0]
+        cut = int(len(data) * (1 - val_fraction))
+        cut = data.rfind(b"\n", 0, cut) + 1 or cut
+        train_docs, val_docs = [data[:cut]], [data[cut:]]
+    return train_docs, val_docs, content, n_bytes, non_text
+
+
+def _build_cache(folder: Path, spec: str, files, val_fraction: float) -> None:
+    train_docs, val_docs, content, n_bytes, non_text = _split(files, val_fraction)
+    if not sum(map(len, train_docs)) or not sum(map(len, val_docs)):
         raise ConfigError(
-            f"data.corpus={spec!r} has {len(files)} file(s): need at least one in each of train and validation "
-            f"(val_fraction={val_fraction}); give more files or a single large file is not split by file"
+            f"data.corpus={spec!r} has {len(files)} file(s) and {n_bytes:,} bytes: too little for both a training "
+            f"and a validation split (val_fraction={val_fraction}); allowed: one file, or several files of which "
+            f"at least one falls in each split"
         )
     order = np.random.default_rng(SHUFFLE_SEED).permutation(len(train_docs))
     sep = bytes([SEPARATOR])
@@ -126,6 +155,7 @@ def _build_cache(folder: Path, spec: str, files, val_fraction: float) -> None:
         "train_tokens": len(train),
         "val_tokens": len(val),
         "content_sha256": content.hexdigest(),
+        "non_text_fraction": non_text / max(n_bytes, 1),
     }
     tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
     tmp.mkdir(parents=True, exist_ok=True)
@@ -228,7 +258,7 @@ def eval_windows(corpus: Corpus, seq_len: int, n_windows: int) -> np.ndarray:
 def training_corpus(cfg, shape) -> tuple[Corpus, int]:
     """A run's corpus and its unique tokens (data.unique_tokens, else the whole training split); the model's
     vocabulary must cover the corpus."""
-    corpus = load_corpus(cfg.data.corpus, cfg.data.val_fraction, cfg.data.cache_dir)
+    corpus = load_corpus(cfg.data.corpus, cfg.data.val_fraction, cfg.data.cache_dir, cfg.data.binary)
     if corpus.vocab > shape.vocab:
         raise ConfigError(f"model.vocab={shape.vocab} is smaller than the corpus vocabulary ({corpus.vocab})")
     return corpus, int(cfg.data.unique_tokens) if cfg.data.unique_tokens is not None else corpus.n_train

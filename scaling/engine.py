@@ -6,14 +6,13 @@ divergence check, evaluation rows, progress.json, the progress bar and the summa
 Losses come back to the host one chunk late (after the next chunk is dispatched), which keeps the device busy
 while the host checks them for divergence and assembles the next batches. A member whose loss is non-finite or
 above diverge_factor x ln(vocab) is recorded as diverged at that step; the others go on. SIGTERM or SIGINT saves
-a checkpoint and stops the loop between chunks; a relaunch resumes from the latest checkpoint.
+a checkpoint and stops the loop between chunks (scaling.signals); a relaunch resumes from the latest checkpoint.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from omegaconf import DictConfig
 from scaling import checkpoints, data, devices, probes, program, runs, summary
 from scaling import plan as plans
 from scaling.progress import RunProgress
+from scaling.signals import Stop
 
 log = logging.getLogger("scaling.train")
 
@@ -36,29 +36,6 @@ class Fork:
 
     folder: Path
     step: int
-
-
-class Stop:
-    """Turns SIGTERM / SIGINT into a flag that the loop checks between chunks."""
-
-    def __init__(self):
-        self.signal = None
-        self._old = {}
-
-    def __enter__(self):
-        for s in (signal.SIGTERM, signal.SIGINT):
-            try:
-                self._old[s] = signal.signal(s, self._handle)
-            except ValueError:  # not the main thread: signals cannot be caught here
-                pass
-        return self
-
-    def _handle(self, signum, frame):
-        self.signal = signal.Signals(signum).name
-
-    def __exit__(self, *exc):
-        for s, h in self._old.items():
-            signal.signal(s, h)
 
 
 class Timer:
@@ -106,6 +83,7 @@ class Engine:
         self.forks = checkpoints.manager(home / runs.FORKS, max_to_keep=None) if save_forks else None
         self.sums, self.ns, self.bad = np.zeros(self.p), np.zeros(self.p), np.zeros(self.p, int)
         self.last: list[dict | None] = [None] * self.p
+        self.damaged: list[list[int]] = [[] for _ in range(self.p)]
         self.step = self.end = 0
         self.elapsed0, self.resumed = 0.0, None
         self.timer = Timer(self.t_start)
@@ -120,9 +98,19 @@ class Engine:
         self.summaries = self._summaries()
         self.progress = RunProgress(self.cfg.train.progress, self.plan.steps, self.step)
         self.t_loop = self.t_progress = time.time()
+        if self.step >= self.plan.steps:  # killed between the final checkpoint and the summary
+            return self._finish(self._finalise())
         with Stop() as stop:
             status = self._loop(stop)
         return self._finish(status)
+
+    def _finalise(self) -> str:
+        """A run restored at its final step: its final evaluation is the logged one, or is computed now from the
+        checkpoint."""
+        if any(last is None or last["step"] != self.plan.steps for last, bad in zip(self.last, self.bad) if not bad):
+            log.warning("%s: final checkpoint without its final evaluation; evaluating it now", self.home.name)
+            self._evaluate(self.plan.steps)
+        return "completed" if not self.bad.all() else "diverged"
 
     def _start(self) -> None:
         """Resume from this loop's checkpoint, else start from a fork of another run, else from scratch."""
@@ -142,8 +130,14 @@ class Engine:
             log.info("%s at step %d", "resumed" if source is self.ckpt else "branched", self.step)
             if source is not self.ckpt:
                 source.close()
-        for folder in self.folders:
-            runs.truncate_metrics(folder, self.step)
+        for i, folder in enumerate(self.folders):
+            kept, damaged = runs.truncate_metrics(folder, self.step)
+            self.last[i] = kept[-1] if kept else None
+            if damaged:
+                self.damaged[i] = damaged
+                log.warning("run %s: %s line(s) %s were damaged and are dropped (no row can be re-derived for "
+                            "an earlier step); the %d valid rows up to step %d are kept", folder.name, runs.METRICS,
+                            damaged, len(kept), self.step)
 
     def _summaries(self) -> list[dict]:
         """Each member's summary at the start (status running), written to its folder."""
@@ -233,7 +227,8 @@ class Engine:
         tok_s = self.timer.tokens_per_s(self.plan.tokens_per_step * self.p)
         for i in np.flatnonzero(self.bad == 0):
             row = {"step": end, "tokens_seen": end * self.plan.tokens_per_step,
-                   "train_loss": self.sums[i] / self.ns[i], "eval_loss": float(evals[i]), **scored[i],
+                   "train_loss": self.sums[i] / self.ns[i] if self.ns[i] else None, "eval_loss": float(evals[i]),
+                   **scored[i],
                    "lr": float(self.prog.lr_fns[i](end - 1)), "tokens_per_s": tok_s and tok_s / self.p,
                    "elapsed_s": self.elapsed0 + time.time() - self.t_loop}
             runs.append_metrics(self.folders[i], row)
@@ -252,7 +247,7 @@ class Engine:
     def _finish(self, status: str) -> list[dict]:
         """The final checkpoint and every member's summary."""
         self.progress.close()
-        if status == "completed" and not self.bad.all():
+        if status == "completed" and not self.bad.all() and self.plan.steps not in self.ckpt.all_steps():
             self._save(self.plan.steps, self.ckpt)
         tok_s = self.timer.tokens_per_s(self.plan.tokens_per_step * self.p)
         wall = self.elapsed0 + time.time() - self.t_loop
@@ -262,6 +257,8 @@ class Engine:
                       **summary.totals(cfg, self.plan.shape, self.unique, bad - 1 if bad else self.end, self.last[i],
                                        self.probe_tasks),
                       **summary.timing(self.plan.shape, wall, self.timer.first_s, tok_s and tok_s / self.p)})
+            if self.damaged[i]:
+                s["metrics_damaged_lines"] = self.damaged[i]
             runs.write_summary(folder, s)
             log.info("run %s %s: eval loss %s after %d steps, %.1f s", folder.name, s["status"],
                      s["final_eval_loss"], s["steps_done"], s["wall_s"])

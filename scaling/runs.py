@@ -10,6 +10,7 @@
             error.txt                   the traceback of a run that raised
             ckpt/                       Orbax checkpoints (latest only)
             forks/                      a WSD trunk's saved states at its branches' fork steps
+            lock                        held by the one process training the run (scaling.lock)
         trunks/<run_id>/                WSD trunks (scaling.branching): run folders the fits never see
         packs/<id>/ckpt/                the checkpoint of a pack of runs trained together (scaling.packing)
         plots/, .hydra/                 figures; Hydra's own logs
@@ -23,17 +24,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
+import socket
 import traceback
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from scaling.config import NON_IDENTITY_KEYS, OPTIONAL_KEYS
+from scaling import config
+
+HOST = socket.gethostname()
 
 CONFIG, METRICS, PROGRESS, SUMMARY, ERROR = "config.yaml", "metrics.jsonl", "progress.json", "summary.json", "error.txt"
-CKPT, FORKS = "ckpt", "forks"
+CKPT, FORKS, LOCK = "ckpt", "forks", "lock"
 NOT_RUNS = {"plots", "reference", "trunks", "packs"}  # folders of a sweep that hold no run of their own
 
 FINISHED = {"completed", "diverged"}  # never retrained
@@ -44,17 +47,32 @@ RETRY_ON_REQUEST = {"failed"}  # rerun only with rerun_failed=true
 # ---- identity and places --------------------------------------------------------------------------------------
 
 def identity(cfg: DictConfig) -> dict:
-    """The part of the config that determines the result, as a plain dict."""
-    d = OmegaConf.to_container(cfg, resolve=True)
-    for key in NON_IDENTITY_KEYS | OPTIONAL_KEYS:
+    """The part of the config that determines the result, as a plain dict: every key of IDENTITY_KEYS, and any
+    other key (one added since) only where it differs from its default; never the keys that cannot change the
+    result (NON_IDENTITY_KEYS), nor the size's name (a named size and its explicit shape are the same run)."""
+    known = config.defaults()
+    out: dict = {}
+    for key, value in _flatten(OmegaConf.to_container(cfg, resolve=True)):
+        if key in config.NON_IDENTITY_KEYS or key == "model.name":
+            continue
+        if key not in config.IDENTITY_KEYS and key in known and value == known[key]:
+            continue
         *parents, leaf = key.split(".")
-        node = d
+        node = out
         for p in parents:
-            node = node.get(p, {})
-        if key in NON_IDENTITY_KEYS or node.get(leaf) is None:
-            node.pop(leaf, None)
-    d.get("model", {}).pop("name", None)  # a named size and its explicit shape are the same run
-    return d
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    if config.RESULTS_VERSION != 1:
+        out["results_version"] = config.RESULTS_VERSION
+    return out
+
+
+def _flatten(d: dict, prefix: str = ""):
+    for key, value in d.items():
+        if isinstance(value, dict):
+            yield from _flatten(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
 
 
 def run_id(cfg: DictConfig) -> str:
@@ -103,10 +121,13 @@ def prepare(folder: Path, cfg: DictConfig) -> None:
 
 def record_failure(folder: Path, e: Exception) -> None:
     """Mark a run failed, with the traceback being handled in error.txt (rerun only with rerun_failed=true)."""
-    (folder / ERROR).write_text(traceback.format_exc())
-    summary = read_summary(folder) or {}
-    summary.update(status="failed", error=f"{type(e).__name__}: {e}")
-    write_summary(folder, summary)
+    try:
+        (folder / ERROR).write_text(traceback.format_exc())
+        summary = read_summary(folder) or {}
+        summary.update(status="failed", error=f"{type(e).__name__}: {e}")
+        write_summary(folder, summary)
+    except OSError:  # the folder cannot be written (the error being recorded may be that): the caller reports it
+        pass
 
 
 # ---- files ----------------------------------------------------------------------------------------------------
@@ -122,17 +143,21 @@ def write_summary(folder: Path, summary: dict) -> None:
     write_json_atomic(folder / SUMMARY, summary)
 
 
-def read_metrics(folder: Path) -> tuple[list[dict], int | None]:
-    """The log rows, and the 1-based number of the first torn line (what a kill mid-write leaves), if any; rows
-    after a torn line are not read."""
+def read_metrics(folder: Path) -> tuple[list[dict], list[int]]:
+    """The valid log rows, and the 1-based numbers of the damaged lines (a kill mid-write tears the last one);
+    valid rows after a damaged line are kept."""
     path = Path(folder) / METRICS
-    rows = []
-    for i, line in enumerate(path.read_text().splitlines() if path.exists() else []):
+    rows, damaged = [], []
+    for i, line in enumerate(path.read_text(errors="replace").splitlines() if path.exists() else []):
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except ValueError:
-            return rows, i + 1
-    return rows, None
+            row = None
+        if isinstance(row, dict) and isinstance(row.get("step"), int):
+            rows.append(row)
+        elif line.strip():
+            damaged.append(i + 1)
+    return rows, damaged
 
 
 def write_metrics(folder: Path, rows: list[dict]) -> None:
@@ -144,10 +169,14 @@ def append_metrics(folder: Path, row: dict) -> None:
         f.write(json.dumps(row) + "\n")
 
 
-def truncate_metrics(folder: Path, step: int) -> None:
-    """Drop log lines written after the checkpoint a run resumes from: they will be written again."""
+def truncate_metrics(folder: Path, step: int) -> tuple[list[dict], list[int]]:
+    """Drop log rows written after the checkpoint a run resumes from (they will be written again) and damaged
+    lines; keep every valid row up to it. Returns (the rows kept, the damaged line numbers dropped)."""
+    rows, damaged = read_metrics(folder)
+    kept = [r for r in rows if r["step"] <= step]
     if (folder / METRICS).exists():
-        write_metrics(folder, [r for r in read_metrics(folder)[0] if r.get("step", math.inf) <= step])
+        write_metrics(folder, kept)
+    return kept, damaged
 
 
 def write_progress(folder: Path, step: int) -> None:
@@ -178,7 +207,7 @@ def _progress_step(path: Path) -> int:
 
 def write_json_atomic(path: Path, obj) -> None:
     """Write via a temporary file and rename, so a kill never leaves half a file."""
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp = path.with_name(path.name + f".tmp.{HOST}.{os.getpid()}")
     tmp.write_text(json.dumps(obj, indent=1, default=_plain))
     os.replace(tmp, path)
 

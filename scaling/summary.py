@@ -11,7 +11,7 @@ from importlib import metadata
 
 from omegaconf import DictConfig
 
-from scaling import probes, sizes
+from scaling import config, probes, sizes
 from scaling.plan import RunPlan
 
 
@@ -29,7 +29,7 @@ def head(cfg: DictConfig, plan: RunPlan, unique: int, corpus_fingerprint: dict, 
             "D": unique, "batch_size": cfg.train.batch_size, "steps": plan.steps,
             "length_source": plan.length_source, "schedule": cfg.optim.name,
             "flops_per_token": sizes.flops_per_token(shape)["flops"], "corpus": corpus_fingerprint,
-            "versions": versions(), **environment}
+            "versions": versions(), "results_version": config.RESULTS_VERSION, **environment}
 
 
 def totals(cfg: DictConfig, shape: sizes.Shape, unique: int, done_steps: int, last: dict | None,
@@ -44,6 +44,7 @@ def totals(cfg: DictConfig, shape: sizes.Shape, unique: int, done_steps: int, la
         **{key: v * tokens_seen for key, v in per_token.items() if key != "flops_hardware"},
         "final_train_loss": last["train_loss"] if last else None,
         "final_eval_loss": last["eval_loss"] if last else None,
+        "final_eval_step": last["step"] if last else None,  # below steps_done when a run stopped between evaluations
         **({key: v for key, v in last.items() if key.startswith("probe/")} if last else {}),
         **probes.metadata(probe_tasks, cfg.probes.eval_items, cfg.probes.train_fraction),
     }

@@ -9,14 +9,19 @@ safe. At the end the sweep is collected and analysed (analysis.report).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 from analysis import report
 from scaling import collect, runs
 from scaling.config import ConfigError
+from scaling.lock import lock_owners
 from scaling.progress import SweepProgress
 from scaling.sweep_file import as_launched, cells, hydra_value, load_sweep
 from scaling.sweep_plan import PlannedRun, plan, print_plan
@@ -42,29 +47,86 @@ def largest_first(g: dict, work: dict) -> dict:
     return out
 
 
-def launch(spec: dict, extra: list[str], rows: list[PlannedRun] | None = None) -> int:
-    """One Hydra multirun per grid; returns the number of grids whose launch failed."""
+def launch(spec: dict, extra: list[str], rows: list[PlannedRun] | None = None) -> tuple[int, int | None]:
+    """One Hydra multirun per grid. Returns (the number of grids whose launch failed, the signal that stopped
+    the sweep or None). SIGINT or SIGTERM stops it: see Launcher."""
     failures = 0
     progress = SweepProgress(rows) if rows else None
     if progress:
         progress.start()
     try:
-        for grid in spec["grids"]:
-            g, added = as_launched(spec, grid)
-            if rows:
-                mine = {tuple(c) for c in cells({**spec, "grids": [grid]}, extra)}
-                g = largest_first(g, {r.cell: r.remaining_work for r in rows if r.cell in mine})
-            sweep_args = [f"{k}={','.join(hydra_value(v) for v in vals)}" for k, vals in g.items()]
-            cmd = [sys.executable, "-m", "scaling.app", "-m", *spec["overrides"], *added, *sweep_args,
-                   f"sweep={spec['name']}", *extra]
-            print("+", " ".join(cmd[1:]), flush=True)
-            if subprocess.run(cmd, check=False, env=os.environ.copy()).returncode != 0:
-                failures += 1
+        with Launcher(runs.sweep_dir(rows[0].cfg) if rows else Path(".")) as launcher:
+            for grid in spec["grids"]:
+                g, added = as_launched(spec, grid)
+                if rows:
+                    mine = {tuple(c) for c in cells({**spec, "grids": [grid]}, extra)}
+                    g = largest_first(g, {r.cell: r.remaining_work for r in rows if r.cell in mine})
+                sweep_args = [f"{k}={','.join(hydra_value(v) for v in vals)}" for k, vals in g.items()]
+                cmd = [sys.executable, "-m", "scaling.app", "-m", *spec["overrides"], *added, *sweep_args,
+                       f"sweep={spec['name']}", *extra]
+                print("+", " ".join(cmd[1:]), flush=True)
+                failures += launcher.run(cmd) != 0
+                if launcher.signal:
+                    break
     finally:
         if progress:
             progress.stop.set()
             print(progress.report(), flush=True)
-    return failures
+    return failures, launcher.signal
+
+
+class Launcher:
+    """Runs each grid's Hydra multirun in its own session, so a Ctrl-C or SIGTERM reaches this process alone.
+    This process then sends SIGTERM to the multirun's whole process group (launcher and workers); each training
+    process checkpoints at its next chunk boundary, marks its run interrupted and releases its run lock
+    (scaling.engine, scaling.lock). Once no process of the group holds a run lock, what is left of the group
+    (idle workers) is killed, and no further grid is launched. A second signal kills the group at once."""
+
+    GRACE_S = 600.0  # then the group is killed: a checkpoint older than this is all that is lost
+
+    def __init__(self, results: Path):
+        self.results, self.signal, self.child, self._old = results, None, None, {}
+
+    def __enter__(self):
+        self._old = {s: signal.signal(s, self._forward) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+    def _forward(self, signum, frame):
+        again = self.signal is not None
+        self.signal = self.signal or signum
+        if self.child is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.child.pid, signal.SIGKILL if again else signal.SIGTERM)
+
+    def run(self, cmd: list[str]) -> int:
+        if self.signal:
+            return 0
+        with tempfile.TemporaryDirectory(prefix="scaling-slots-") as slots:  # joblib workers' core slots
+            self.child = subprocess.Popen(cmd, env={**os.environ, "SCALING_SLOTS": slots}, start_new_session=True)
+            code = self.child.wait()
+            if self.signal:
+                self._drain(self.child.pid)
+            self.child = None
+        return code
+
+    def _drain(self, group: int) -> None:
+        """Wait while a process of the group still trains (holds a run lock), then kill what is left of it."""
+        t0 = time.time()
+        while time.time() - t0 < self.GRACE_S and any(_in_group(pid, group) for pid in lock_owners(self.results)):
+            time.sleep(0.2)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group, signal.SIGKILL)
+
+
+def _in_group(pid: int, group: int) -> bool:
+    try:
+        return os.getpgid(pid) == group
+    except ProcessLookupError:
+        return False
 
 
 def estimate_times(rows: list[PlannedRun]) -> None:
@@ -92,25 +154,51 @@ def cli(command: str, argv: list[str]) -> int:
     try:
         spec = load_sweep(argv[0])
         rows = plan(spec, argv[1:])
+        if command == "plan":
+            if timed:
+                estimate_times(rows)
+            print_plan(spec["name"], rows)
+            return 0
+        return _sweep(spec, argv[1:], rows)
     except ConfigError as e:
         print(f"scaling {command}: config error: {e}", file=sys.stderr)
         return 2
-    if command == "plan":
-        if timed:
-            estimate_times(rows)
-        print_plan(spec["name"], rows)
-        return 0
-    return _sweep(spec, argv[1:], rows)
+    except KeyboardInterrupt:  # Ctrl-C while planning, collecting or reporting: nothing is training
+        print(f"scaling {command}: interrupted; finished runs are kept", file=sys.stderr)
+        return 130
+    except OSError as e:  # a results folder that cannot be written, a full disk
+        print(f"scaling {command}: {e.strerror or e}: {e.filename or ''}; finished runs are kept, relaunch "
+              "once it is fixed", file=sys.stderr)
+        return 1
+
+
+def writable(folder: Path) -> None:
+    """Raise ConfigError, before anything is launched, when results cannot be written into folder."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"cannot write results into {folder}: {e.strerror}; choose another results_dir=... "
+                          "or fix its permissions") from None
 
 
 def _sweep(spec: dict, extra: list[str], rows: list[PlannedRun]) -> int:
     t0 = time.time()
     results = runs.sweep_dir(rows[0].cfg)
-    todo = sum(r.status != "completed" for r in rows)
+    writable(results)
+    todo = sum(not runs.is_settled({"status": r.status}, r.cfg.rerun_failed) for r in rows)
     print(f"sweep {spec['name']}: {len(rows)} cells, {len(rows) - todo} already completed, {todo} to run "
           f"-> {results}", flush=True)
-    failures = launch(spec, extra, rows) if todo else 0
-    table, _, problems = collect.collect(results)
+    failures, stopped = launch(spec, extra, rows) if todo else (0, None)
+    table, _, problems = collect.collect(results)  # OSError: reported by cli
+    if stopped:
+        counts = table["status"].value_counts() if len(table) else {}
+        print(f"scaling sweep: stopped by {signal.Signals(stopped).name}: {counts.get('interrupted', 0)} runs "
+              f"checkpointed and marked interrupted, {counts.get('completed', 0)} completed kept in {results}; "
+              "relaunch the same command to resume", file=sys.stderr)
+        return 128 + stopped
     for p in problems:
         print(f"warning: {p}", file=sys.stderr)
     print(f"sweep {spec['name']}: {collect.summarize(table)} in {time.time() - t0:.0f} s", flush=True)

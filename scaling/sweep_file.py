@@ -19,9 +19,11 @@ product that Hydra's sweeper expands, and the union of the grids is the sweep:
 
 from __future__ import annotations
 
+import difflib
 import itertools
 from pathlib import Path
 
+import yaml
 from omegaconf import OmegaConf
 
 from scaling.config import ConfigError
@@ -29,22 +31,51 @@ from scaling.config import ConfigError
 PACKED_KEYS = {"train.seed": "train.seeds", "optim.lr": "optim.lrs"}
 
 
+# The keys a sweep file may hold, with what each must be.
+SCHEMA = {"name": "a name (the results folder)", "n_boot": "a positive integer",
+          "overrides": "a list of Hydra overrides", "grids": "a list of maps of config key -> list of values",
+          "wsd_branches": "true or false", "pack": "true or false"}
+
+
 def load_sweep(path: str | Path) -> dict:
+    """Read and check a sweep file; every mistake is one ConfigError line naming the key or line."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"sweep file {p} does not exist; sweep files live in sweeps/ (e.g. sweeps/quick.yaml)")
-    spec = OmegaConf.to_container(OmegaConf.load(p), resolve=True)
+    try:
+        spec = OmegaConf.to_container(OmegaConf.create(p.read_text() or "{}"), resolve=True)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{p}: not valid YAML{where}: {getattr(e, 'problem', None) or e}") from None
+    except (OSError, UnicodeDecodeError, ValueError) as e:  # OmegaConf: a scalar file, a bad interpolation
+        raise ConfigError(f"{p}: cannot read it as a sweep file: {str(e).splitlines()[0]}") from None
     if not isinstance(spec, dict) or "grids" not in spec:
         raise ConfigError(f"{p}: a sweep file needs 'grids:' (a list of key: [values] maps)")
+    _check(p, spec)
     spec.setdefault("name", p.stem)
     spec.setdefault("overrides", [])
-    for i, g in enumerate(spec["grids"]):
-        if not isinstance(g, dict) or not g:
-            raise ConfigError(f"{p}: grids[{i}] must be a map of config key -> list of values")
+    for g in spec["grids"]:
         for key, values in g.items():
             if not isinstance(values, list) or not values:
                 g[key] = [values]
     return spec
+
+
+def _check(p: Path, spec: dict) -> None:
+    for key in spec:
+        if key not in SCHEMA:
+            close = difflib.get_close_matches(str(key), SCHEMA, n=1)
+            raise ConfigError(f"{p}: unknown key {key!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+                              + f"; allowed: {', '.join(SCHEMA)}")
+    ok = {"name": lambda v: isinstance(v, str) and v and "/" not in v,
+          "n_boot": lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0,
+          "overrides": lambda v: isinstance(v, list) and all(isinstance(o, str) and "=" in o for o in v),
+          "grids": lambda v: isinstance(v, list) and v and all(isinstance(g, dict) and g for g in v),
+          "wsd_branches": lambda v: isinstance(v, bool), "pack": lambda v: isinstance(v, bool)}
+    for key, value in spec.items():
+        if not ok[key](value):
+            raise ConfigError(f"{p}: {key} must be {SCHEMA[key]}, got {value!r}")
 
 
 def hydra_value(v) -> str:

@@ -6,6 +6,7 @@ failed with its traceback in error.txt, and relaunching reruns it only with reru
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 
@@ -14,13 +15,14 @@ from omegaconf import DictConfig
 from scaling import branching, engine, packing, runs
 from scaling import plan as plans
 from scaling.config import ConfigError, validate
+from scaling.lock import RunLock
 
 log = logging.getLogger("scaling.train")
 
 
 def run(cfg: DictConfig, folder: Path | None = None, fork: engine.Fork | None = None,
         save_forks: tuple[int, ...] = (), extra_points: tuple[int, ...] = ()) -> dict:
-    """Train one run described by cfg; return its summary.
+    """Train one run described by cfg; return its summary. Waits while another process trains it (the run lock).
 
     folder: where the run lives (default runs.run_dir(cfg)); fork: start from another run's saved state;
     save_forks: steps at which to keep a copy of the state for runs branched off this one (also evaluated there,
@@ -28,29 +30,31 @@ def run(cfg: DictConfig, folder: Path | None = None, fork: engine.Fork | None = 
     """
     validate(cfg)
     folder = folder or runs.run_dir(cfg)
-    previous = runs.read_summary(folder)
-    if runs.is_settled(previous, cfg.rerun_failed):
-        log.info("skip %s: %s", folder, previous["status"])
-        return previous
-    runs.prepare(folder, cfg)
-    return _train([cfg], [folder], folder, fork=fork, save_forks=save_forks, extra_points=extra_points)[0]
+    if (settled := _settled(cfg, folder)) is not None:
+        return settled
+    with RunLock(folder):  # another process may have finished it while we waited
+        return _settled(cfg, folder) or _train_one(cfg, folder, fork=fork, save_forks=save_forks,
+                                                   extra_points=extra_points)
 
 
 def run_pack(cfg: DictConfig) -> list[dict]:
     """Train the unfinished members of cfg's pack (scaling.packing) together; return every member's summary."""
     validate(cfg)
     everyone = packing.members(cfg)
-    done = {i: s for i, m in enumerate(everyone)
-            if runs.is_settled(s := runs.read_summary(runs.run_dir(m)), cfg.rerun_failed)}
-    todo = [i for i in range(len(everyone)) if i not in done]
-    if len(todo) == 1:  # alone it is a plain run, bitwise the separate one
-        done[todo[0]] = run(everyone[todo[0]])
-    elif todo:
-        cfgs = [everyone[i] for i in todo]
-        folders = [runs.run_dir(c) for c in cfgs]
-        for folder, c in zip(folders, cfgs):
-            runs.prepare(folder, c)
-        done.update(zip(todo, _train(cfgs, folders, runs.pack_dir(folders))))
+    folders = [runs.run_dir(m) for m in everyone]
+    done = {i: s for i, (m, f) in enumerate(zip(everyone, folders)) if (s := _settled(m, f)) is not None}
+    with contextlib.ExitStack() as locks:
+        for i in sorted((i for i in range(len(everyone)) if i not in done), key=lambda i: folders[i].name):
+            locks.enter_context(RunLock(folders[i]))  # in one global order: overlapping packs cannot deadlock
+        done |= {i: s for i in range(len(everyone)) if i not in done and (s := _settled(everyone[i], folders[i]))}
+        todo = [i for i in range(len(everyone)) if i not in done]
+        if len(todo) == 1:  # alone it is a plain run, bitwise the separate one
+            done[todo[0]] = _train_one(everyone[todo[0]], folders[todo[0]])
+        elif todo:
+            for i in todo:
+                runs.prepare(folders[i], everyone[i])
+            done |= dict(zip(todo, _train([everyone[i] for i in todo], [folders[i] for i in todo],
+                                          runs.pack_dir([folders[i] for i in todo]))))
     return [done[i] for i in range(len(everyone))]
 
 
@@ -81,6 +85,20 @@ def run_cell(cfg: DictConfig):
     if packing.is_packed(cfg):
         return run_pack(cfg)
     return run(cfg)
+
+
+def _settled(cfg: DictConfig, folder: Path) -> dict | None:
+    """The summary of a run a relaunch must leave alone (finished, or failed without rerun_failed), else None."""
+    summary = runs.read_summary(folder)
+    if runs.is_settled(summary, cfg.rerun_failed):
+        log.info("skip %s: %s", folder, summary["status"])
+        return summary
+    return None
+
+
+def _train_one(cfg: DictConfig, folder: Path, **kwargs) -> dict:
+    runs.prepare(folder, cfg)
+    return _train([cfg], [folder], folder, **kwargs)[0]
 
 
 def _train(cfgs: list[DictConfig], folders: list[Path], home: Path, **kwargs) -> list[dict]:

@@ -160,7 +160,7 @@ def test_report_on_synthetic_table_and_cli(tmp_path):
     assert {"chinchilla", "L(N)", "L(D)", "L(C)", "frontier"} <= set(doc["forms"])
     p = doc["forms"]["chinchilla"]["params"]["alpha"]
     assert p["ci_low"] <= p["value"] <= p["ci_high"]
-    assert result["extrapolation"]["max_abs_rel_error"] < 0.02
+    assert result.extrapolation["max_abs_rel_error"] < 0.02
     assert (tmp_path / "report.md").read_text().count("![") >= 4
     assert (tmp_path / "plots" / "loss_vs_C.png").stat().st_size > 10_000
     r = subprocess.run([sys.executable, "-m", "scaling.cli", "predict", str(tmp_path), "--flops", "1e22",
@@ -194,6 +194,6 @@ def test_a_table_that_mixes_schedules_is_flagged_and_can_be_split(tmp_path):
                      schedule=["cosine" if i % 2 else "wsd" for i in range(len(t.df))])
     df.to_csv(tmp_path / "runs.csv", index=False)
     mixed = report.fit_all(report.load(tmp_path / "runs.csv"), n_boot=10)
-    assert any("mix learning-rate schedules (cosine: " in w and "schedule == 'wsd'" in w for w in mixed["warnings"])
+    assert any("mix learning-rate schedules (cosine: " in w and "schedule == 'wsd'" in w for w in mixed.warnings)
     one = report.fit_all(report.load(tmp_path / "runs.csv", where="schedule == 'wsd'"), n_boot=10)
-    assert not any("schedules" in w for w in one["warnings"])
+    assert not any("schedules" in w for w in one.warnings)
