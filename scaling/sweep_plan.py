@@ -59,13 +59,27 @@ def compose(overrides: list[str]) -> DictConfig:
         return hydra_compose(config_name="config", overrides=[o for o in overrides if not o.startswith("hydra")])
 
 
+def _one_line(e: Exception) -> str:
+    """Hydra's multi-line composition error as one line: its first line and what is allowed."""
+    lines = [x.strip() for x in str(e).strip().splitlines() if x.strip()] or [type(e).__name__]
+    if "Available options" in str(e):
+        at = next(i for i, x in enumerate(lines) if x.startswith("Available options"))
+        options = [x for x in lines[at + 1:] if not x.startswith(("Config search path", "provider="))]
+        return f"{lines[0]}; allowed: {', '.join(options)}"
+    if lines[0].startswith("Could not override"):
+        return f"{lines[0]} There is no such config key (see scaling/config.py)."
+    if lines[0].startswith("Error merging override") and e.__cause__ is not None:
+        return f"{lines[0]}: {str(e.__cause__).strip().splitlines()[0]}"  # the value and the type it should have
+    return lines[0]
+
+
 def describe(overrides: list[str]) -> list[PlannedRun]:
     """Compose and validate one cell; return the runs it writes."""
     where = f"cell {' '.join(overrides)}"
     try:
         cfg = compose(overrides)
     except Exception as e:  # noqa: BLE001 -- Hydra raises several kinds; each names the bad override
-        raise ConfigError(f"{where}: {e}") from None
+        raise ConfigError(f"{where}: {_one_line(e)}") from None
     try:
         validate(cfg)
     except ConfigError as e:

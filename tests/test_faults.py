@@ -182,6 +182,19 @@ def test_sweep_files_are_checked_with_one_line(tmp_path, text, message):
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and message in r.stderr, r.stderr
 
 
+@pytest.mark.parametrize("grid, message", [
+    ("train.stpes: [3]", "Could not override 'train.stpes'. There is no such config key"),
+    ("model: [s99]", "Could not find 'model/s99'; allowed: s01, s02"),
+    ("train.steps: [abc]", "Value 'abc' of type 'str' could not be converted to Integer"),
+])
+def test_bad_grid_keys_and_values_are_one_line(tmp_path, grid, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(f"name: x\ngrids:\n  - {grid}\n")
+    r = subprocess.run([sys.executable, "-m", "scaling.cli", "plan", str(path)], capture_output=True, text=True,
+                       check=False)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and message in r.stderr, r.stderr
+
+
 def test_a_results_folder_that_cannot_be_written_is_one_line_and_help_exits_zero(tmp_path, cache_dir):
     (tmp_path / "a_file").write_text("")
     bad = f"results_dir={tmp_path / 'a_file' / 'results'}"
