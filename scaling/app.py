@@ -95,9 +95,10 @@ def task(cfg: DictConfig) -> dict | list | None:
         if not multirun:
             raise
         return {"status": "failed", "error": str(e)}
-    if signals.received():  # checkpointed and marked interrupted: stop here, and the multirun with us
+    if signals.received():  # checkpointed and marked interrupted
         log.warning("interrupted by %s; checkpoint saved, relaunch to resume", signals.received())
-        raise SystemExit(128 + signal.Signals[signals.received()].value)
+        if not multirun:  # a multirun's other cells return at once instead (raising would kill a pool worker)
+            raise SystemExit(128 + signal.Signals[signals.received()].value)
     return result
 
 
@@ -107,4 +108,5 @@ def main(cfg: DictConfig) -> dict | list | None:
 
 
 if __name__ == "__main__":
+    signals.record_signals()  # a multirun's launcher outlives a stop signal: its cells stop, then it ends
     main()

@@ -14,7 +14,7 @@ from __future__ import annotations
 import sys
 
 from analysis import cli as analysis_cli
-from scaling import app, collect, runs, sweep, sweep_plan
+from scaling import app, collect, runs, signals, sweep, sweep_plan
 from scaling.config import ConfigError
 
 COMMANDS = ("train", "sweep", "plan", "collect", "fit", "predict", "plot", "report", "emergence", "bench")
@@ -54,6 +54,7 @@ def _train(rest: list[str]) -> int:
             print(f"scaling train: config error: {e}", file=sys.stderr)
             return 2
     sys.argv = ["scaling train", *rest]
+    signals.record_signals()  # the run stops at its next chunk boundary and exits 128 + the signal
     app.main()
     return 0
 

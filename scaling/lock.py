@@ -114,16 +114,3 @@ class RunLock:
 
 def _who(owner: dict) -> str:
     return f"{owner.get('host', '?')}:{owner.get('pid', '?')}"
-
-
-def lock_owners(results: Path) -> list[int]:
-    """The pids on this host that hold a run lock under a sweep's results folder (runs and trunks)."""
-    out = []
-    for path in (*Path(results).glob(f"*/{LOCK}"), *Path(results).glob(f"trunks/*/{LOCK}")):
-        try:
-            owner = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if owner.get("host") == HOST and isinstance(owner.get("pid"), int):
-            out.append(owner["pid"])
-    return out

@@ -21,7 +21,6 @@ from pathlib import Path
 from analysis import report
 from scaling import collect, runs
 from scaling.config import ConfigError
-from scaling.lock import lock_owners
 from scaling.progress import SweepProgress
 from scaling.sweep_file import as_launched, cells, hydra_value, load_sweep
 from scaling.sweep_plan import PlannedRun, plan, print_plan
@@ -55,7 +54,7 @@ def launch(spec: dict, extra: list[str], rows: list[PlannedRun] | None = None) -
     if progress:
         progress.start()
     try:
-        with Launcher(runs.sweep_dir(rows[0].cfg) if rows else Path(".")) as launcher:
+        with Launcher() as launcher:
             for grid in spec["grids"]:
                 g, added = as_launched(spec, grid)
                 if rows:
@@ -76,16 +75,15 @@ def launch(spec: dict, extra: list[str], rows: list[PlannedRun] | None = None) -
 
 
 class Launcher:
-    """Runs each grid's Hydra multirun in its own session, so a Ctrl-C or SIGTERM reaches this process alone.
-    This process then sends SIGTERM to the multirun's whole process group (launcher and workers); each training
-    process checkpoints at its next chunk boundary, marks its run interrupted and releases its run lock
-    (scaling.engine, scaling.lock). Once no process of the group holds a run lock, what is left of the group
-    (idle workers) is killed, and no further grid is launched. A second signal kills the group at once."""
+    """Runs each grid's Hydra multirun as a child in this process's group, so `kill -9` of the group still ends
+    everything. Training processes record SIGINT and SIGTERM (scaling.signals): on one, each trainer checkpoints at
+    its next chunk boundary, marks its run interrupted and returns, cells not yet started return at once, and the
+    multirun ends. A Ctrl-C reaches the whole job from the terminal; a signal sent to this process alone is
+    forwarded to its descendants. Then no further grid is launched, and what the multirun leaves behind (idle
+    workers) is killed; a second signal kills the descendants at once."""
 
-    GRACE_S = 600.0  # then the group is killed: a checkpoint older than this is all that is lost
-
-    def __init__(self, results: Path):
-        self.results, self.signal, self.child, self._old = results, None, None, {}
+    def __init__(self):
+        self.signal, self.child, self.family, self._old = None, None, set(), {}
 
     def __enter__(self):
         self._old = {s: signal.signal(s, self._forward) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -99,34 +97,44 @@ class Launcher:
         again = self.signal is not None
         self.signal = self.signal or signum
         if self.child is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.child.pid, signal.SIGKILL if again else signal.SIGTERM)
+            self.family |= _descendants(os.getpid())
+            _send(self.family, signal.SIGKILL if again else signal.SIGTERM)
 
     def run(self, cmd: list[str]) -> int:
         if self.signal:
             return 0
         with tempfile.TemporaryDirectory(prefix="scaling-slots-") as slots:  # joblib workers' core slots
-            self.child = subprocess.Popen(cmd, env={**os.environ, "SCALING_SLOTS": slots}, start_new_session=True)
-            code = self.child.wait()
+            self.child = subprocess.Popen(cmd, env={**os.environ, "SCALING_SLOTS": slots})
+            try:
+                code = self.child.wait()
+            finally:
+                self.child = None
             if self.signal:
-                self._drain(self.child.pid)
-            self.child = None
+                _send(self.family, signal.SIGKILL)
         return code
 
-    def _drain(self, group: int) -> None:
-        """Wait while a process of the group still trains (holds a run lock), then kill what is left of it."""
-        t0 = time.time()
-        while time.time() - t0 < self.GRACE_S and any(_in_group(pid, group) for pid in lock_owners(self.results)):
-            time.sleep(0.2)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(group, signal.SIGKILL)
+
+def _descendants(root: int) -> set[int]:
+    """Every process below root (Linux: parents read from /proc/<pid>/stat)."""
+    parent = {}
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            parent[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+    out, frontier = set(), {root}
+    while frontier:
+        frontier = {pid for pid, ppid in parent.items() if ppid in frontier} - out
+        out |= frontier
+    return out
 
 
-def _in_group(pid: int, group: int) -> bool:
-    try:
-        return os.getpgid(pid) == group
-    except ProcessLookupError:
-        return False
+def _send(pids: set[int], signum: int) -> None:
+    """signum to those of pids still in this process's group (a pid reused by another job is left alone)."""
+    group = os.getpgid(0)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            if os.getpgid(pid) == group:
+                os.kill(pid, signum)
 
 
 def estimate_times(rows: list[PlannedRun]) -> None:
