@@ -82,6 +82,9 @@ def _predict(t, args) -> int:
         print("scaling predict: give --flops C (compute-optimal N, D) or --n N --d D (a loss)",
               file=sys.stderr)
         return 2
+    if (why := report.joint_law_refusal(t.df)) is not None:  # what `scaling fit` refuses, predict refuses
+        print(f"scaling predict: {t.source}: the joint law L(N, D) {why}", file=sys.stderr)
+        return 2
     chin = laws.chinchilla(t, n_boot=args.n_boot)
     if args.n is not None:
         if args.d is None:

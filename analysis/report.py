@@ -71,6 +71,14 @@ def extrapolation(t: Table, above_flops=None, top_k=None, n_boot: int = 200, see
             "fit": {k: v["value"] for k, v in fit.params.items()}}
 
 
+def joint_law_refusal(df: pd.DataFrame) -> str | None:
+    """Why the joint laws L(N, D) cannot be fitted to a table, or None when they can (fit and predict agree)."""
+    if df["N"].nunique() >= 2 and df["D"].nunique() >= 2 and len(df) >= 6:
+        return None
+    return (f"needs at least 6 runs with 2 or more distinct N and D; the table has {len(df)} run(s), "
+            f"{df['N'].nunique()} distinct N and {df['D'].nunique()} distinct D")
+
+
 def _fit_forms(t: Table, n_boot: int, seed: int, method: str) -> tuple[dict, dict, dict]:
     """Every form that applies to the table: (forms, skipped with reasons, extra tables of the IsoFLOP methods)."""
     forms, skipped, extra = {}, {}, {}
@@ -80,11 +88,11 @@ def _fit_forms(t: Table, n_boot: int, seed: int, method: str) -> tuple[dict, dic
         if fit:
             forms[fit.form] = fit
 
-    if df["N"].nunique() >= 2 and df["D"].nunique() >= 2 and len(df) >= 6:
+    if (why := joint_law_refusal(df)) is None:
         add(_safe(skipped, "chinchilla", laws.chinchilla, t, n_boot=n_boot, seed=seed, method=method))
         add(_safe(skipped, "kaplan_nd", laws.kaplan_nd, t, n_boot=min(n_boot, 200), seed=seed))
     else:
-        skipped["chinchilla"] = "needs at least 6 runs with 2 or more distinct N and D"
+        skipped["chinchilla"] = why
     for x in ("N", "D", "C"):
         add(_safe(skipped, f"L({x})", laws.single, envelope(t, x), x, n_boot=n_boot, seed=seed))
     if "steps" in df and df["steps"].nunique() >= 3 and df["N"].nunique() >= 2:

@@ -46,11 +46,16 @@ def read_any(path: str | Path) -> pd.DataFrame:
         raise TableError(f"{p} holds no runs.parquet or runs.csv; run `scaling collect {p}` first")
     if not p.exists():
         raise TableError(f"no such file: {p}")
-    if p.suffix == ".parquet":
-        return pd.read_parquet(p)
-    if p.suffix in (".csv", ".tsv", ".txt"):
+    if p.suffix not in (".parquet", ".csv", ".tsv", ".txt"):
+        raise TableError(f"{p}: unsupported table format {p.suffix!r}; allowed: .csv, .tsv, .parquet")
+    try:
+        if p.suffix == ".parquet":
+            return pd.read_parquet(p)
         return pd.read_csv(p, sep="\t" if p.suffix == ".tsv" else ",")
-    raise TableError(f"{p}: unsupported table format {p.suffix!r}; allowed: .csv, .tsv, .parquet")
+    except (ValueError, OSError, UnicodeDecodeError) as e:  # pandas' and pyarrow's parse errors are ValueErrors
+        problem = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise TableError(f"{p}: not a readable table ({problem}); allowed: a .csv or .tsv file with a header row "
+                         "and one row per run, or a .parquet file") from None
 
 
 def load(path: str | Path, n: str | None = None, d: str | None = None, c: str | None = None,
