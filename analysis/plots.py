@@ -13,6 +13,7 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 from matplotlib.colors import LogNorm
 from matplotlib.ticker import NullFormatter, ScalarFormatter
 
@@ -168,6 +169,43 @@ def residuals(result: Analysis) -> plt.Figure | None:
     return fig
 
 
+def extrapolation(result: Analysis) -> plt.Figure | None:
+    """The law fitted without the held-out runs, and the held-out runs against it with their 95% predictive
+    intervals: per IsoFLOP budget against N when the table has budgets, else against C."""
+    e = result.extrapolation
+    if not e:
+        return None
+    df, held = result.table.df, pd.DataFrame(e["rows"])
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    is_held = df.set_index(["N", "D"]).index.isin(held.set_index(["N", "D"]).index)
+    if "budget" in df and df["budget"].notna().all():
+        x, cmap = "N", plt.get_cmap("plasma")
+        bs = sorted(budgets(df).unique())
+        for i, b in enumerate(bs):
+            g = df[budgets(df) == b]
+            col = cmap(i / max(1, len(bs) - 1))
+            ns = np.geomspace(g["N"].min(), g["N"].max(), 100)  # the law where it was sampled, not beyond
+            last = b == bs[-1]
+            ax.plot(ns, laws.chinchilla_loss(e["fit"], ns, b / (6 * ns)), color="red" if last else col, lw=1,
+                    ls="--" if last else "-", label=f"C = {b:.2g}" + (" (held out)" if last else ""))
+            ax.scatter(g["N"], g["loss"], color=col, s=22, zorder=3)
+    else:
+        x = "C"
+        ax.scatter(df["C"][~is_held], df["loss"][~is_held], color="k", s=22, zorder=3, label="fitted runs")
+    ax.errorbar(held[x], held["predicted"], yerr=[held["predicted"] - held["predicted_low"],
+                                                  held["predicted_high"] - held["predicted"]],
+                fmt="none", ecolor="red", capsize=3, lw=1, zorder=2, label="95% predictive interval")
+    ax.scatter(held[x], held["loss"], marker="*", s=90, color="red", edgecolor="k", lw=0.5, zorder=4,
+               label=f"held out: max error {100 * e['max_abs_rel_error']:.1f}%")
+    seen = np.concatenate([df["loss"], held["predicted_low"], held["predicted_high"]])
+    seen = seen[np.isfinite(seen)]
+    ax.set(xscale="log", yscale="log", xlabel=LABELS[x], ylabel=LOSS, ylim=(seen.min() / 1.05, seen.max() * 1.05),
+           title=f"Joint law fitted on {e['n_fit']} runs, predicting {len(held)} held-out runs")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
+    _tidy(ax)
+    return fig
+
+
 def all_figures(result: Analysis, folder: Path, fmt: str = "png") -> list[Path]:
     if fmt not in ("png", "svg", "pdf"):
         raise ValueError(f"figure format must be png, svg or pdf, got {fmt!r}")
@@ -175,7 +213,7 @@ def all_figures(result: Analysis, folder: Path, fmt: str = "png") -> list[Path]:
     figures = {"loss_curves": loss_curves(result.table), "loss_vs_N": loss_vs(result, "N"),
                "loss_vs_D": loss_vs(result, "D"), "loss_vs_C": loss_vs(result, "C"),
                "isoflop": isoflop_profiles(result), "optimal_allocation": optimal_allocation(result),
-               "residuals": residuals(result)}
+               "residuals": residuals(result), "extrapolation": extrapolation(result)}
     written = []
     for name, fig in figures.items():
         if fig is None:

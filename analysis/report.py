@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis import emergence_report, isoflop, laws, lse, plots
+from analysis import emergence_report, extrapolation, isoflop, laws, lse, plots
 from analysis.fit import Analysis
 from analysis.table import Table, load, results_folder
 
@@ -40,35 +40,6 @@ def envelope(t: Table, x: str) -> Table:
     """The lowest loss per distinct value of x (e.g. L(N) at the best D for each N)."""
     df = t.df.loc[t.df.groupby(x)["loss"].idxmin()].sort_values(x).reset_index(drop=True)
     return Table(df, t.source, t.excluded, t.curves)
-
-
-def holdout_split(t: Table, above_flops: float | None = None, top_k: int | None = None):
-    df = t.df.sort_values("C").reset_index(drop=True)
-    if above_flops is not None:
-        held = df["C"] > above_flops
-        label = f"runs with C > {above_flops:.3g}"
-    else:
-        k = top_k if top_k is not None else max(1, len(df) // 5)
-        held = pd.Series(np.arange(len(df)) >= len(df) - k)
-        label = f"the {k} largest-compute runs"
-    return Table(df[~held].reset_index(drop=True), t.source), df[held].reset_index(drop=True), label
-
-
-def extrapolation(t: Table, above_flops=None, top_k=None, n_boot: int = 200, seed: int = 0):
-    fit_t, held, label = holdout_split(t, above_flops, top_k)
-    if len(held) == 0 or len(fit_t.df) < 6:
-        return None
-    fit = laws.chinchilla(fit_t, n_boot=n_boot, seed=seed)
-    pred = fit.predict(held["N"], held["D"])
-    rows = []
-    for i, r in held.iterrows():
-        lo, hi = laws.predicted_interval(fit, r["N"], r["D"])
-        rows.append({"N": r["N"], "D": r["D"], "C": r["C"], "loss": r["loss"], "predicted": float(pred[i]),
-                     "predicted_low": lo, "predicted_high": hi,
-                     "rel_error": float((pred[i] - r["loss"]) / r["loss"])})
-    return {"holdout": label, "n_fit": len(fit_t.df), "rows": rows,
-            "max_abs_rel_error": max(abs(r["rel_error"]) for r in rows),
-            "fit": {k: v["value"] for k, v in fit.params.items()}}
 
 
 def joint_law_refusal(df: pd.DataFrame) -> str | None:
@@ -121,11 +92,26 @@ def _warnings(df: pd.DataFrame, forms: dict) -> list[str]:
         counts = ", ".join(f"{k}: {v}" for k, v in df["schedule"].value_counts().sort_index().items())
         out.append(f"the runs mix learning-rate schedules ({counts}); the fitted exponents depend on the "
                    f"schedule, so fit one at a time (--where \"schedule == 'wsd'\")")
-    if "chinchilla" in forms and "isoflop_parabola" in forms:
-        a3, a2 = forms["chinchilla"].params["a"], forms["isoflop_parabola"].params["a"]
-        if a3["ci_high"] < a2["ci_low"] or a2["ci_high"] < a3["ci_low"]:
-            out.append(f"methods disagree: a = {a3['value']:.3f} (Approach 3) vs {a2['value']:.3f} "
-                       f"(Approach 2), with non-overlapping intervals")
+    out += disagreements(forms)
+    return out
+
+
+APPROACHES = {"frontier": "Approach 1 (compute frontier)", "isoflop_parabola": "Approach 2 (IsoFLOP minima)",
+              "chinchilla": "Approach 3 (joint law)"}
+
+
+def disagreements(forms: dict) -> list[str]:
+    """A warning for every pair of Hoffmann et al.'s approaches whose 95% intervals on a (N_opt ~ C^a) are
+    disjoint: they cannot both be right about how to spend the next budget."""
+    out = []
+    have = [k for k in APPROACHES if k in forms and "a" in forms[k].params]
+    for i, x in enumerate(have):
+        for y in have[i + 1:]:
+            p, q = forms[x].params["a"], forms[y].params["a"]
+            if p["ci_high"] < q["ci_low"] or q["ci_high"] < p["ci_low"]:
+                out.append(f"methods disagree: a = {p['value']:.3f} [{p['ci_low']:.3f}, {p['ci_high']:.3f}] from "
+                           f"{APPROACHES[x]} but {q['value']:.3f} [{q['ci_low']:.3f}, {q['ci_high']:.3f}] from "
+                           f"{APPROACHES[y]}: the intervals do not overlap")
     return out
 
 
@@ -146,8 +132,8 @@ def fit_all(t: Table, n_boot: int = laws.N_BOOT, seed: int = 0, holdout_above=No
             budgets_beyond=(10, 100, 1000), method: str = "fast") -> Analysis:
     forms, skipped, extra = _fit_forms(t, n_boot, seed, method)
     chin = forms.get("chinchilla")
-    extrap = _safe(skipped, "extrapolation", extrapolation, t, holdout_above, holdout_top, n_boot=min(n_boot, 200),
-                   seed=seed)
+    extrap = _safe(skipped, "extrapolation", extrapolation.check, t, holdout_above, holdout_top,
+                   n_boot=min(n_boot, 200), seed=seed)
     return Analysis(table=t, forms=forms, skipped=skipped, extra=extra,
                     optimal=_optimal(chin, t.df["C"].max(), budgets_beyond) if chin else [],
                     extrapolation=extrap, warnings=_warnings(t.df, forms), n_boot=n_boot)
@@ -182,8 +168,9 @@ def format_tables(result: Analysis) -> str:
         for r in e["rows"]:
             lines.append(f"  N={r['N']:.3g} D={r['D']:.3g} C={r['C']:.3g}: loss {r['loss']:.4f}, predicted "
                          f"{r['predicted']:.4f} [{r['predicted_low']:.4f}, {r['predicted_high']:.4f}], "
-                         f"error {100 * r['rel_error']:+.2f}%")
-        lines.append(f"  max |relative error| = {100 * e['max_abs_rel_error']:.2f}%")
+                         f"error {100 * r['rel_error']:+.2f}%{'' if r['inside'] else ' (outside)'}")
+        lines.append(f"  max |relative error| = {100 * e['max_abs_rel_error']:.2f}%, {e['inside']} of "
+                     f"{len(e['rows'])} inside their 95% intervals ({e['interval']})")
     return "\n".join(lines)
 
 
@@ -212,6 +199,60 @@ def build(results: str | Path, quiet: bool = True, n_boot: int = laws.N_BOOT, fm
     return result
 
 
+def _row_interval(r: dict, k: str) -> str:
+    """A compute-optimal row's value with its interval: 'v [low, high]'."""
+    return f"{r[k]:.3g} [{r.get(k + '_low', math.nan):.3g}, {r.get(k + '_high', math.nan):.3g}]"
+
+
+def _interval(p: dict, fmt: str = ".3g") -> str:
+    return f"{p['value']:{fmt}} [{p['ci_low']:{fmt}}, {p['ci_high']:{fmt}}]"
+
+
+def answer(result: Analysis) -> list[str]:
+    """The report's first section: exponents, the held-out error, where to spend the next budget, and whether the
+    approaches agree, each with its 95% interval."""
+    out = ["## The answer", ""]
+    chin = result.forms.get("chinchilla")
+    if chin is not None:
+        p = chin.params
+        out.append(f"- Joint law (Approach 3): alpha = {_interval(p['alpha'])}, beta = {_interval(p['beta'])}, "
+                   f"a = beta / (alpha + beta) = {_interval(p['a'])}, E = {_interval(p['E'])}.")
+    for form in ("frontier", "isoflop_parabola"):
+        if form in result.forms:
+            out.append(f"- {APPROACHES[form]}: a = {_interval(result.forms[form].params['a'])}.")
+    e = result.extrapolation
+    if e:
+        noise = e.get("seed_noise")
+        seeds = (f"; seed-to-seed standard deviation {100 * noise['rel_sd']:.2f}% of loss ({noise['cells']} cells, "
+                 f"{noise['runs']} runs), included in the intervals" if noise else
+                 "; no seed replicates, so the intervals cover the fit's parameters only")
+        out.append(f"- Held out {e['holdout']}: largest error **{100 * e['max_abs_rel_error']:.2f}%**, "
+                   f"{e['inside']} of {len(e['rows'])} inside their 95% predictive intervals{seeds}.")
+    for r in result.optimal[:2]:
+        out.append(f"- At C = {r['C']:.3g} FLOPs: N_opt = {_row_interval(r, 'N_opt')}, D_opt = "
+                   f"{_row_interval(r, 'D_opt')}, loss {_row_interval(r, 'loss')}.")
+    out += [f"- **Warning**: {w}." for w in disagreements(result.forms)]
+    return out + [""] if len(out) > 2 else []
+
+
+def _extrapolation_section(e: dict) -> list[str]:
+    noise = e.get("seed_noise")
+    out = ["## Extrapolation check", "",
+           f"The Chinchilla law refitted on {e['n_fit']} runs predicts {e['holdout']}. Intervals: {e['interval']}.",
+           "", "| N | D | C | loss | predicted [95%] | error | inside |", "|---|---|---|---|---|---|---|"]
+    out += [f"| {r['N']:.3g} | {r['D']:.3g} | {r['C']:.3g} | {r['loss']:.4f} | {r['predicted']:.4f} "
+            f"[{r['predicted_low']:.4f}, {r['predicted_high']:.4f}] | {100 * r['rel_error']:+.2f}% | "
+            f"{'yes' if r['inside'] else '**no**'} |" for r in e["rows"]]
+    out += ["", (f"Largest relative error: **{100 * e['max_abs_rel_error']:.2f}%**; {e['inside']} of "
+                 f"{len(e['rows'])} inside their intervals."), ""]
+    if noise:
+        out += [f"Seed-to-seed standard deviation of loss: {100 * noise['rel_sd']:.2f}% (pooled over {noise['cells']} "
+                f"cells, {noise['runs']} runs, {noise['dof']} degrees of freedom; per cell: "
+                + ", ".join(f"N {c['N']:.3g} D {c['D']:.3g}: {100 * c['rel_sd']:.2f}%" for c in noise["per_cell"])
+                + ").", ""]
+    return out
+
+
 def markdown(result: Analysis, figures: list[Path], folder: Path, emergence: str | None = None) -> str:
     t = result.table
     out = [f"# Scaling report: {t.source}", "",
@@ -220,9 +261,12 @@ def markdown(result: Analysis, figures: list[Path], folder: Path, emergence: str
            f"{t.df['C'].min():.3g} to {t.df['C'].max():.3g} FLOPs (C = 6ND).")]
     if t.excluded:
         out += ["", "Excluded: " + "; ".join(t.excluded) + "."]
+    out += [""] + answer(result)
+    if result.extrapolation:
+        out += _extrapolation_section(result.extrapolation)
     n = result.n_boot
-    out += ["", "## Fitted laws", "", (f"95% intervals from {n:,} bootstrap resamples of runs ({min(n, 200):,} for "
-                                       "the Kaplan and data-constrained forms and the extrapolation check)."), ""]
+    out += ["## Fitted laws", "", (f"95% intervals from {n:,} bootstrap resamples of runs ({min(n, 200):,} for "
+                                   "the Kaplan and data-constrained forms and the extrapolation check)."), ""]
     for name, f in result.forms.items():
         out += [f"### {name}: `{f.formula}`", "", "| parameter | value | 95% interval |", "|---|---|---|"]
         out += [f"| {p} | {v['value']:.4g} | [{v['ci_low']:.4g}, {v['ci_high']:.4g}] |" for p, v in f.params.items()]
@@ -234,20 +278,9 @@ def markdown(result: Analysis, figures: list[Path], folder: Path, emergence: str
         out += ["## Compute-optimal allocation beyond the sweep (Chinchilla fit)", "",
                 "| C (FLOPs) | N_opt | D_opt | tokens / parameter | predicted loss |", "|---|---|---|---|---|"]
         for r in result.optimal:
-            def cell(k, r=r):
-                return f"{r[k]:.3g} [{r.get(k + '_low', math.nan):.3g}, {r.get(k + '_high', math.nan):.3g}]"
-            out.append(f"| {r['C']:.3g} | {cell('N_opt')} | {cell('D_opt')} | {cell('tokens_per_param')} | "
-                       f"{cell('loss')} |")
+            cells = [_row_interval(r, k) for k in ("N_opt", "D_opt", "tokens_per_param", "loss")]
+            out.append(f"| {r['C']:.3g} | " + " | ".join(cells) + " |")
         out.append("")
-    e = result.extrapolation
-    if e:
-        out += ["## Extrapolation check", "",
-                f"The Chinchilla law refitted on {e['n_fit']} runs predicts {e['holdout']}:", "",
-                "| N | D | C | loss | predicted [95%] | error |", "|---|---|---|---|---|---|"]
-        out += [f"| {r['N']:.3g} | {r['D']:.3g} | {r['C']:.3g} | {r['loss']:.4f} | {r['predicted']:.4f} "
-                f"[{r['predicted_low']:.4f}, {r['predicted_high']:.4f}] | {100 * r['rel_error']:+.2f}% |"
-                for r in e["rows"]]
-        out += ["", f"Largest relative error: **{100 * e['max_abs_rel_error']:.2f}%**.", ""]
     if emergence:
         out += [emergence, ""]
     if figures:

@@ -56,7 +56,7 @@ class DataConfig:
 @dataclass
 class OptimConfig:
     name: str = "cosine"  # one of SCHEDULES
-    lr: float | None = None  # null = sizes.default_learning_rate(d_model)
+    lr: float | None = None  # null = sizes.default_learning_rate(d_model, tokens per step)
     warmup_frac: float = 0.05
     warmup_steps: int | None = None  # a fixed warmup length in steps; replaces warmup_frac when set
     # Peak rates packed into one program with train.seeds (scaling.packing); replaces lr.
@@ -149,7 +149,8 @@ IDENTITY_KEYS = frozenset({
 # Bump when a code change alters results (the model's numerics, the data order, the optimizer, ...): runs of
 # another version get other ids, so a relaunch retrains them, and collect warns when one table mixes versions.
 # Version 1 is not hashed, which keeps the ids published before the version existed.
-RESULTS_VERSION = 1
+# 2: the default learning rate became the measured rule (scaling.sizes.default_learning_rate).
+RESULTS_VERSION = 2
 
 
 def defaults() -> dict:
@@ -177,7 +178,7 @@ def register() -> None:
     """The config groups, from the dataclasses above and the size ladder: the defaults live only here."""
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=Config)
-    for name in sizes.SIZE_NAMES:
+    for name in sizes.ALL_SIZE_NAMES:
         s = sizes.ladder_shape(name)
         cs.store(group="model", name=name,
                  node=ModelConfig(name, s.n_layers, s.d_model, s.n_heads, s.d_ff, s.seq_len, s.vocab))

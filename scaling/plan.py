@@ -44,7 +44,8 @@ def peak_lr(cfg: DictConfig, shape: sizes.Shape | None = None) -> float:
     """optim.lr, else the size's default rate (scaling.sizes.default_learning_rate)."""
     if cfg.optim.lr is not None:
         return float(cfg.optim.lr)
-    return sizes.default_learning_rate((shape or shape_of(cfg)).d_model)
+    shape = shape or shape_of(cfg)
+    return sizes.default_learning_rate(shape.d_model, cfg.train.batch_size * shape.seq_len)
 
 
 def resolve_steps(train_cfg, n_params: int, tokens_per_step: int) -> tuple[int, str]:

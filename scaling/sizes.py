@@ -23,10 +23,17 @@ score matrix, and on a CPU that memory traffic, not the multiply-adds, sets the 
 end: with one head, s02 to s04 trained on probe text lost in-context copying (exact match 0.01 to 0.05 instead of
 0.68 to 0.97) and 12% to 20% in evaluation loss, while four wider heads at s06 and s08 did as well as 6 and 8
 16-wide ones (sweeps/heads.yaml; README, Performance).
+
+The fine ladder puts two sizes between each pair of ladder sizes from s01 to s08, so that an IsoFLOP budget can
+sample five sizes near its optimum: ``sNNa`` is sNN widened by 8 (same depth), ``sNNb`` is sNNa one layer deeper.
+N grows by about 2x per fine step from s01 to s02 (3.2e3, 7.4e3, 1.4e4, 2.5e4) and by 1.14x to 1.55x from s02 to
+s08 (s02, s02a, s02b, s03: 2.5e4, 3.9e4, 5.8e4, 8.4e4). Heads follow the same
+rule as the ladder, using the largest count that divides the width (s03a, 56 wide: two heads of 28).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 ASPECT_RATIO = 16  # d_model / n_layers
@@ -35,6 +42,12 @@ MIN_HEAD_DIM = 16
 FFN_MULT = 4
 LADDER_DEPTHS = (1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 16)
 SIZE_NAMES = tuple(f"s{i + 1:02d}" for i in range(len(LADDER_DEPTHS)))
+FINE_RANGE = ("s01", "s08")  # the ladder sizes between which the fine sizes sit
+FINE_NAMES = tuple(
+    f"{name}{step}" for name in SIZE_NAMES[SIZE_NAMES.index(FINE_RANGE[0]):SIZE_NAMES.index(FINE_RANGE[1])]
+    for step in "ab"
+)
+ALL_SIZE_NAMES = tuple(sorted(SIZE_NAMES + FINE_NAMES))
 
 
 @dataclass(frozen=True)
@@ -61,17 +74,21 @@ class Shape:
 
 
 def ladder_shape(name: str, seq_len: int = 128, vocab: int = 256) -> Shape:
-    """The shape of a named ladder size (s01 ... s12)."""
-    if name not in SIZE_NAMES:
-        raise ValueError(f"unknown model size {name!r}; allowed: {', '.join(SIZE_NAMES)}")
-    depth = LADDER_DEPTHS[SIZE_NAMES.index(name)]
-    d_model = ASPECT_RATIO * depth
+    """The shape of a named size: a ladder size (s01 ... s12) or a fine size between two of them (s02a ... s07b)."""
+    if name not in ALL_SIZE_NAMES:
+        raise ValueError(f"unknown model size {name!r}; allowed: {', '.join(SIZE_NAMES)}, "
+                         f"and {FINE_NAMES[0]} ... {FINE_NAMES[-1]} ({', '.join(FINE_NAMES)})")
+    base, step = name[:3], name[3:]
+    depth = LADDER_DEPTHS[SIZE_NAMES.index(base)]
+    d_model = ASPECT_RATIO * depth + (8 if step else 0)
+    depth += step == "b"
     return Shape(depth, d_model, ladder_heads(d_model), FFN_MULT * d_model, seq_len, vocab)
 
 
 def ladder_heads(d_model: int) -> int:
-    """MAX_HEADS heads, or as many MIN_HEAD_DIM-wide heads as fit (every ladder width is a multiple of 16)."""
-    return max(1, min(MAX_HEADS, d_model // MIN_HEAD_DIM))
+    """MAX_HEADS heads, or as many MIN_HEAD_DIM-wide heads as fit, the largest such count that divides d_model."""
+    most = max(1, min(MAX_HEADS, d_model // MIN_HEAD_DIM))
+    return next(h for h in range(most, 0, -1) if d_model % h == 0)
 
 
 def count_params(s: Shape) -> dict:
@@ -98,12 +115,20 @@ def flops_per_token(s: Shape) -> dict:
     }
 
 
-def default_learning_rate(d_model: int) -> float:
-    """Default peak AdamW learning rate for a width: lr = min(5e-3, 0.32 / d_model).
+LR_WIDTH_CONSTANT = 0.64  # lr * d_model at the reference batch (sweeps/lr_scan.yaml, results/reference-lr/)
+LR_CAP = 0.02  # the best scanned rate of the narrowest scanned size (s02)
+LR_REFERENCE_BATCH_TOKENS = 2048  # the scan's batch: 16 sequences of 128 tokens
 
-    Adam's update size does not shrink with width, so the stable learning rate falls roughly as 1 / width
-    (the muP rule for hidden matrices); the cap keeps the narrowest models stable. At GPT-2 small's width (768)
-    the rule gives 4.2e-4, near the 6e-4 used there. On the default corpus at 5e5 tokens, s02 (d_model 32)
-    reached eval loss 2.613 at lr 5e-3, 2.665 at 1e-2 and 2.877 at 2e-2.
+
+def default_learning_rate(d_model: int, tokens_per_step: int = LR_REFERENCE_BATCH_TOKENS) -> float:
+    """Default peak AdamW rate: lr = min(0.02, 0.64 / d_model) * sqrt(tokens_per_step / 2048).
+
+    Adam's update size does not shrink with width, so the stable rate falls as 1 / width (the muP rule for hidden
+    matrices). The constant is measured: at C = 1e12 FLOPs with 2,048-token batches (sweeps/lr_scan.yaml,
+    results/reference-lr/) the best rates were 1.9e-2 for s02 (d_model 32, 3,227 steps) and 1.5e-2 for s03 (48,
+    965 steps), with losses within 1% of the best over a factor of 2 either side; s04 (64, 410 steps) was as good
+    at 1e-2 as at its best (6.7e-3). Below s02 the scan found no higher optimum (s01b was best at 5e-3), hence the
+    cap. The rate scales with the square root of the batch (Malladi et al. 2022, the square-root rule for Adam).
+    At GPT-2 small's width (768) and batch (0.5M tokens) the rule gives 1.3e-2; it is a rule for this ladder.
     """
-    return min(5e-3, 0.32 / d_model)
+    return min(LR_CAP, LR_WIDTH_CONSTANT / d_model) * math.sqrt(tokens_per_step / LR_REFERENCE_BATCH_TOKENS)

@@ -14,7 +14,7 @@ def _no_jax(code: str, tmp_path) -> subprocess.CompletedProcess:
 
 
 def test_analysis_stands_apart_from_the_training_package(tmp_path):
-    code = ("import analysis.cli, analysis.report, analysis.emergence_report, analysis.isoflop\n"
+    code = ("import analysis.cli, analysis.report, analysis.emergence_report, analysis.isoflop, analysis.hyperparams\n"
             "assert not [m for m in sys.modules if m.split('.')[0] == 'scaling'], 'analysis imported scaling'")
     r = _no_jax("import sys\n" + code, tmp_path)
     assert r.returncode == 0, r.stderr
@@ -25,7 +25,7 @@ def test_scaling_plan_runs_without_jax(tmp_path):
             f"assert cli.main(['plan', 'sweeps/quick.yaml', 'results_dir={tmp_path}']) == 0\n")
     r = _no_jax(code, tmp_path)
     assert r.returncode == 0, r.stderr
-    assert "sweep quick: 16 cells" in r.stdout and "total: C" in r.stdout
+    assert "sweep quick: 26 cells" in r.stdout and "total: C" in r.stdout
 
 
 def test_the_pure_floor_imports_no_jax(tmp_path):

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 from flax import nnx
 
@@ -50,3 +51,18 @@ def test_unknown_size_and_bad_shape_are_named():
         sizes.Shape(2, 30, 4, 64, 16)
     with pytest.raises(ValueError, match="model.n_layers must be a positive integer"):
         sizes.Shape(0, 32, 2, 64, 16)
+
+
+def test_fine_ladder_fills_the_steps_between_ladder_sizes():
+    names = [n for n in sizes.ALL_SIZE_NAMES if "s02" <= n[:3] <= "s08"]
+    n = [sizes.count_params(sizes.ladder_shape(x))["N"] for x in names]
+    assert names[:4] == ["s02", "s02a", "s02b", "s03"] and names[-1] == "s08"
+    assert n == sorted(n)
+    ratios = np.array(n[1:]) / np.array(n[:-1])
+    assert ratios.min() > 1.1 and ratios.max() < 1.6, ratios  # 1.14x to 1.55x per fine step from s02
+    for x in sizes.FINE_NAMES:  # sNNa: widened by 8; sNNb: and one layer deeper; heads divide the width
+        s, base = sizes.ladder_shape(x), sizes.ladder_shape(x[:3])
+        assert s.d_model == base.d_model + 8 and s.n_layers == base.n_layers + (x[-1] == "b")
+        assert s.d_model % s.n_heads == 0 and s.n_heads <= sizes.MAX_HEADS
+    with pytest.raises(ValueError, match="unknown model size 's08a'.*s02a"):
+        sizes.ladder_shape("s08a")

@@ -1,0 +1,103 @@
+"""The learning-rate rule from a learning-rate scan: the best rate per model size, and a power law through them.
+
+Per size, final loss against log(lr) is fitted with a parabola through the best rate and its neighbours
+(DeepSeek LLM 2024 and Porian et al. 2024 fit lr_opt the same way); the vertex is lr_opt. Then
+lr_opt(N) = c * N^-p is fitted in log-log space, with a bootstrap over the scan's runs for both.
+
+    python -m analysis.hyperparams results/reference-lr     # prints the optima and the rule
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+import pandas as pd
+
+from analysis import lse
+from analysis.table import TableError, read_any
+
+
+def lr_optimum(lr: np.ndarray, loss: np.ndarray) -> float | None:
+    """The vertex of a parabola in log(lr) through the best rate and its two neighbours; None when the best rate
+    is at the edge of the scan (the optimum is not bracketed) or the parabola opens downwards."""
+    order = np.argsort(lr)
+    lr, loss = np.asarray(lr, float)[order], np.asarray(loss, float)[order]
+    ok = np.isfinite(loss)
+    lr, loss = lr[ok], loss[ok]
+    if len(lr) < 3:
+        return None
+    i = int(np.argmin(loss))
+    if i == 0 or i == len(lr) - 1:
+        return None
+    x = np.log(lr[i - 1:i + 2])
+    c2, c1, _ = np.polyfit(x, loss[i - 1:i + 2], 2)
+    if c2 <= 0:
+        return None
+    return float(np.exp(np.clip(-c1 / (2 * c2), x[0], x[-1])))
+
+
+def optima(df: pd.DataFrame) -> pd.DataFrame:
+    """lr_opt per model size N (diverged runs count as infinitely bad)."""
+    rows = []
+    for n, g in df.groupby("N"):
+        loss = np.where(g["status"].eq("completed"), g["loss"], np.inf) if "status" in g else g["loss"]
+        best = lr_optimum(g["lr"].to_numpy(float), np.asarray(loss, float))
+        row = {"N": float(n), "model": g["model"].iloc[0] if "model" in g else "", "lr_opt": best,
+               "best_scanned": float(g["lr"].to_numpy()[np.argmin(loss)]), "loss_min": float(np.min(loss))}
+        if "steps" in g:
+            row["steps"] = int(g["steps"].iloc[0])
+        if "d_model" in g and best is not None:  # the width rule lr = k / d_model: k per size
+            row["lr_opt_x_d_model"] = best * float(g["d_model"].iloc[0])
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def rule(opt: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> dict:
+    """lr_opt = c N^-p through the bracketed optima, with 95% bootstrap intervals over sizes."""
+    o = opt.dropna(subset=["lr_opt"])
+    if len(o) < 3:
+        raise ValueError(f"the rule needs bracketed optima at 3 or more sizes; the scan has {len(o)}")
+    x, y = np.log(o["N"].to_numpy(float)), np.log(o["lr_opt"].to_numpy(float))
+    slope, icpt = np.polyfit(x, y, 1)
+    rng = np.random.default_rng(seed)
+    boots = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, len(x), len(x))
+        if len(np.unique(x[idx])) >= 2:
+            boots.append(np.polyfit(x[idx], y[idx], 1))
+    boots = np.array(boots)
+    return {"c": float(np.exp(icpt)), "p": float(-slope), "p_interval": lse.interval(-boots[:, 0]),
+            "sizes": len(o), "residual_sd": float(np.std(y - (slope * x + icpt), ddof=2) if len(o) > 2 else np.nan)}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m analysis.hyperparams", description=__doc__.splitlines()[0])
+    ap.add_argument("results", help="a results folder or table from a learning-rate scan (columns N, lr, loss)")
+    args = ap.parse_args(argv)
+    try:
+        df = read_any(args.results)
+    except TableError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    missing = {"N", "lr", "loss"} - set(df.columns)
+    if missing:
+        print(f"error: {args.results}: a learning-rate scan needs columns N, lr and loss; missing "
+              f"{', '.join(sorted(missing))}", file=sys.stderr)
+        return 2
+    opt = optima(df)
+    print(opt.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    try:
+        r = rule(opt)
+    except ValueError as e:
+        print(f"no rule: {e}")
+        return 1
+    lo, hi = r["p_interval"]
+    print(f"\nlr_opt = {r['c']:.4g} * N^-{r['p']:.3f}  (p 95% interval [{lo:.3f}, {hi:.3f}], {r['sizes']} sizes, "
+          f"residual sd {r['residual_sd']:.3f} in log lr)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
