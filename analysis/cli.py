@@ -8,6 +8,7 @@ import json
 import sys
 
 from analysis import emergence_report, isoflop, laws, lse, report
+from analysis.fit import judge
 from analysis.table import TableError, load, results_folder
 
 
@@ -85,7 +86,9 @@ def _predict(t, args) -> int:
     if (why := report.joint_law_refusal(t.df)) is not None:  # what `scaling fit` refuses, predict refuses
         print(f"scaling predict: {t.source}: the joint law L(N, D) {why}", file=sys.stderr)
         return 2
-    chin = laws.chinchilla(t, n_boot=args.n_boot)
+    chin = judge(laws.chinchilla(t, n_boot=args.n_boot), report.FREE_PARAMETERS["chinchilla"])
+    for w in chin.warnings:
+        print(f"warning: {w}", file=sys.stderr)
     if args.n is not None:
         if args.d is None:
             print("scaling predict: --n needs --d", file=sys.stderr)
@@ -97,6 +100,9 @@ def _predict(t, args) -> int:
     for C in args.flops or []:
         point, boot = laws.optimal(chin, C), laws.optimal(chin, C, samples=True)
         print(f"C = {C:.4g} FLOPs (Approach 3, joint law):")
+        if "a" in chin.not_identified:
+            print(f"  N_opt, D_opt: not identified (a: {chin.not_identified['a']})")
+            continue
         for k, label in (("N_opt", "N_opt"), ("D_opt", "D_opt"), ("tokens_per_param", "tokens/param"),
                          ("loss", "loss")):
             lo, hi = lse.interval(boot[k])

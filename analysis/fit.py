@@ -23,13 +23,15 @@ class Fit:
     correlations: dict | None = None
     predict: object = None  # callable(**columns) -> loss, not serialised
     samples: dict | None = None  # name -> bootstrap samples, not serialised
+    not_identified: dict = field(default_factory=dict)  # name -> why the data do not determine it
 
     def value(self, name: str) -> float:
         return self.params[name]["value"]
 
     def to_json(self) -> dict:
         return {"formula": self.formula, "n_points": self.n_points, "objective": self.objective,
-                "params": self.params, "correlations": self.correlations, "warnings": self.warnings}
+                "params": self.params, "not_identified": self.not_identified, "correlations": self.correlations,
+                "warnings": self.warnings}
 
 
 def summarise(values: dict, samples: dict) -> dict:
@@ -59,6 +61,41 @@ def identifiability(params: dict, names: list[str]) -> list[str]:
             out.append(f"{n}: the 95% interval [{lo:.3g}, {hi:.3g}] spans {np.log10(hi / lo):.1f} orders of "
                        f"magnitude; the data cannot identify it")
     return out
+
+
+MAX_EXPONENT = 5.0  # no scaling exponent measured in practice comes near; the fits start from 0 to 2
+EXPONENTS = ("alpha", "beta", "alpha_N", "alpha_D", "alpha_S")
+SCALES = ("E", "A", "B", "N_c", "D_c", "S_c", "R_star")  # positive coefficients, judged on a log scale
+DERIVED = {"a": ("alpha", "beta"), "b": ("alpha", "beta"), "G": ("alpha", "beta")}
+MIN_POINTS_PER_PARAMETER = 3
+
+
+def judge(fit: Fit, n_free: int) -> Fit:
+    """Mark what the data do not determine, so that it is reported as not identified rather than as an estimate:
+    a parameter whose bootstrap interval has zero width (every resample returned the starting point), an
+    exponent that runs beyond MAX_EXPONENT, and a derived quantity (a, b, G) resting on such an exponent. Warn when
+    the fit has fewer than about 3 points per free parameter."""
+    why = {}
+    for name, p in fit.params.items():
+        lo, hi, v = p["ci_low"], p["ci_high"], p["value"]
+        if fit.samples and np.isfinite(lo) and np.isfinite(hi) and hi - lo <= 1e-9 * max(1.0, abs(v)):
+            why[name] = "its 95% interval has zero width: every resample returned the same value"
+        elif name in SCALES and np.isfinite(lo) and np.isfinite(hi) and lo > 0 and hi / lo > 100:
+            why[name] = f"its 95% interval [{lo:.3g}, {hi:.3g}] spans {np.log10(hi / lo):.1f} orders of magnitude"
+        elif name in EXPONENTS and not (abs(v) <= MAX_EXPONENT and (not np.isfinite(hi) or hi <= MAX_EXPONENT)):
+            why[name] = (f"the fit or its interval [{lo:.3g}, {hi:.3g}] runs beyond {MAX_EXPONENT:g}: the law's "
+                         f"term in it is not determined by the data")
+    for name, sources in DERIVED.items():
+        bad = [s for s in sources if s in why]
+        if name in fit.params and bad and name not in why:
+            why[name] = f"it depends on {' and '.join(bad)}, which the data do not determine"
+    fit.not_identified = why
+    said = {w.split(":")[0] for w in fit.warnings}  # identifiability() may have warned already
+    fit.warnings = fit.warnings + [f"{k}: not identified ({v})" for k, v in why.items() if k not in said]
+    if fit.n_points < MIN_POINTS_PER_PARAMETER * n_free:
+        fit.warnings.append(f"{fit.n_points} points for {n_free} free parameters (fewer than "
+                            f"{MIN_POINTS_PER_PARAMETER} per parameter): the fit is barely determined")
+    return fit
 
 
 def range_warning(x: np.ndarray, name: str) -> list[str]:

@@ -130,8 +130,9 @@ def frontier(t: Table, n_bins: int = 12) -> pd.DataFrame:
 
 def approach1(t: Table, n_boot: int = 1000, seed: int = 0) -> tuple[Fit, pd.DataFrame]:
     front = frontier(t)
-    if len(front) < 3 or front["N"].nunique() < 2:
-        raise ValueError("the compute frontier has fewer than 3 points or a single model size")
+    if len(front) < 4 or front["N"].nunique() < 2:
+        raise ValueError(f"the compute frontier has {len(front)} point(s) and {front['N'].nunique()} model size(s); "
+                         f"fitting N_opt and D_opt with intervals needs at least 4 points and 2 sizes")
     C, N, D = (front[k].to_numpy(float) for k in ("C", "N", "D"))
 
     def solve(idx):

@@ -126,9 +126,11 @@ def optimal_allocation(result: Analysis) -> plt.Figure | None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     opt = laws.optimal(chin, C)
     band = laws.optimal(chin, C[:, None], samples=True) if chin.samples else None
+    unknown = "a" in chin.not_identified  # no allocation line the data cannot support
     for ax, key, label in ((axes[0], "N_opt", LABELS["N"]), (axes[1], "D_opt", LABELS["D"])):
-        ax.plot(C, opt[key], "k-", label="Approach 3 (joint law)")
-        if band is not None:
+        if not unknown:
+            ax.plot(C, opt[key], "k-", label="Approach 3 (joint law)")
+        if band is not None and not unknown:
             lo, hi = np.nanpercentile(band[key], [2.5, 97.5], axis=1)
             ax.fill_between(C, lo, hi, color="k", alpha=0.12)
         if "frontier" in result.extra:
@@ -140,7 +142,8 @@ def optimal_allocation(result: Analysis) -> plt.Figure | None:
             ax.scatter(m["C"], m[key], color="tab:blue", marker="s", s=24, label="IsoFLOP minima (Approach 2)",
                        zorder=3)
         ax.axvspan(df["C"].min(), df["C"].max(), color="tab:green", alpha=0.07, label="sweep range")
-        ax.set(xscale="log", yscale="log", xlabel=LABELS["C"], ylabel=label, title=f"Compute-optimal {key}")
+        ax.set(xscale="log", yscale="log", xlabel=LABELS["C"], ylabel=label,
+               title=f"Compute-optimal {key}" + (" (Approach 3: not identified)" if unknown else ""))
         _tidy(ax, loss_axis=False)
         ax.legend(fontsize=8)
     fig.tight_layout()

@@ -4,10 +4,13 @@ fit.json schema:
     {"source": str, "n_rows": int, "excluded": [str],
      "forms": {form: {"formula": str, "n_points": int, "objective": float | null,
                       "params": {name: {"value": float, "ci_low": float, "ci_high": float}},
+                      "not_identified": {name: why},
                       "correlations": {"p~q": float} | null, "warnings": [str]}},
      "skipped": {form: reason},
      "extrapolation": {"holdout": str, "n_fit": int, "rows": [{"N", "D", "C", "loss", "predicted",
-                       "predicted_low", "predicted_high", "rel_error"}], "max_abs_rel_error": float} | null,
+                       "predicted_low", "predicted_high", "inside", "rel_error"}], "max_abs_rel_error": float,
+                       "inside": int, "seed_noise": {"rel_sd", "cells", "runs", "dof", "per_cell"} | null,
+                       "interval": str, "fit": {name: float}, "fit_intervals": {name: [low, high]}} | null,
      "optimal": [{"C", "N_opt", "D_opt", "tokens_per_param", "loss", with _low/_high}],
      "warnings": [str]}
 Intervals are 95% bootstrap percentiles over runs.
@@ -23,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from analysis import emergence_report, extrapolation, isoflop, laws, lse, plots
-from analysis.fit import Analysis
+from analysis.fit import Analysis, judge
 from analysis.table import Table, load, results_folder
 
 
@@ -82,7 +85,14 @@ def _fit_forms(t: Table, n_boot: int, seed: int, method: str) -> tuple[dict, dic
     if "chinchilla" in forms and "U" in df:
         add(_safe(skipped, "muennighoff", laws.muennighoff, t, forms["chinchilla"], n_boot=min(n_boot, 200),
                   seed=seed))
+    for name, f in forms.items():
+        judge(f, FREE_PARAMETERS.get(name, 0 if name.startswith("isoflop") else 3))
     return forms, skipped, extra
+
+
+# Free parameters per form, for the points-per-parameter warning (one-variable laws: 3; the frontier: 2 per line;
+# IsoFLOP fits rest on the budgets, which approach2 counts itself).
+FREE_PARAMETERS = {"chinchilla": 5, "kaplan_nd": 4, "kaplan_ns": 4, "muennighoff": 6, "frontier": 2}
 
 
 def _warnings(df: pd.DataFrame, forms: dict) -> list[str]:
@@ -155,7 +165,8 @@ def format_tables(result: Analysis) -> str:
         lines.append(f"{name}: {f.formula}   ({f.n_points} points)")
         lines.append(f"  {'parameter':<16}{'value':>12}{'95% low':>12}{'95% high':>12}")
         for p, v in f.params.items():
-            lines.append(f"  {p:<16}{v['value']:>12.4g}{v['ci_low']:>12.4g}{v['ci_high']:>12.4g}")
+            value = "not ident." if p in f.not_identified else format(v["value"], ">12.4g")
+            lines.append(f"  {p:<16}{value:>12}{v['ci_low']:>12.4g}{v['ci_high']:>12.4g}")
         for w in f.warnings:
             lines.append(f"  warning: {w}")
     for name, why in result.skipped.items():
@@ -204,8 +215,17 @@ def _row_interval(r: dict, k: str) -> str:
     return f"{r[k]:.3g} [{r.get(k + '_low', math.nan):.3g}, {r.get(k + '_high', math.nan):.3g}]"
 
 
-def _interval(p: dict, fmt: str = ".3g") -> str:
-    return f"{p['value']:{fmt}} [{p['ci_low']:{fmt}}, {p['ci_high']:{fmt}}]"
+def _interval(fit, name: str, fmt: str = ".3g") -> str:
+    """A fitted parameter with its interval, or 'not identified' with the interval when the data do not
+    determine it (analysis.fit.judge): never an estimate the data cannot support."""
+    p = fit.params[name]
+    value = "not identified" if name in fit.not_identified else f"{p['value']:{fmt}}"
+    return f"{value} [{p['ci_low']:{fmt}}, {p['ci_high']:{fmt}}]"
+
+
+def _allocation_unknown(result: Analysis) -> str | None:
+    chin = result.forms.get("chinchilla")
+    return chin.not_identified.get("a") if chin is not None else None
 
 
 def answer(result: Analysis) -> list[str]:
@@ -214,12 +234,11 @@ def answer(result: Analysis) -> list[str]:
     out = ["## The answer", ""]
     chin = result.forms.get("chinchilla")
     if chin is not None:
-        p = chin.params
-        out.append(f"- Joint law (Approach 3): alpha = {_interval(p['alpha'])}, beta = {_interval(p['beta'])}, "
-                   f"a = beta / (alpha + beta) = {_interval(p['a'])}, E = {_interval(p['E'])}.")
+        out.append(f"- Joint law (Approach 3): alpha = {_interval(chin, 'alpha')}, beta = {_interval(chin, 'beta')}, "
+                   f"a = beta / (alpha + beta) = {_interval(chin, 'a')}, E = {_interval(chin, 'E')}.")
     for form in ("frontier", "isoflop_parabola"):
         if form in result.forms:
-            out.append(f"- {APPROACHES[form]}: a = {_interval(result.forms[form].params['a'])}.")
+            out.append(f"- {APPROACHES[form]}: a = {_interval(result.forms[form], 'a')}.")
     e = result.extrapolation
     if e:
         noise = e.get("seed_noise")
@@ -228,7 +247,9 @@ def answer(result: Analysis) -> list[str]:
                  "; no seed replicates, so the intervals cover the fit's parameters only")
         out.append(f"- Held out {e['holdout']}: largest error **{100 * e['max_abs_rel_error']:.2f}%**, "
                    f"{e['inside']} of {len(e['rows'])} inside their 95% predictive intervals{seeds}.")
-    for r in result.optimal[:2]:
+    if result.optimal and (why := _allocation_unknown(result)):
+        out.append(f"- Compute-optimal N and D beyond the sweep: not identified (a: {why}).")
+    for r in result.optimal[:2] if not _allocation_unknown(result) else []:
         out.append(f"- At C = {r['C']:.3g} FLOPs: N_opt = {_row_interval(r, 'N_opt')}, D_opt = "
                    f"{_row_interval(r, 'D_opt')}, loss {_row_interval(r, 'loss')}.")
     out += [f"- **Warning**: {w}." for w in disagreements(result.forms)]
@@ -269,12 +290,16 @@ def markdown(result: Analysis, figures: list[Path], folder: Path, emergence: str
                                    "the Kaplan and data-constrained forms and the extrapolation check)."), ""]
     for name, f in result.forms.items():
         out += [f"### {name}: `{f.formula}`", "", "| parameter | value | 95% interval |", "|---|---|---|"]
-        out += [f"| {p} | {v['value']:.4g} | [{v['ci_low']:.4g}, {v['ci_high']:.4g}] |" for p, v in f.params.items()]
+        out += [f"| {p} | {'not identified' if p in f.not_identified else format(v['value'], '.4g')} | "
+                f"[{v['ci_low']:.4g}, {v['ci_high']:.4g}] |" for p, v in f.params.items()]
         out += [f"\n> warning: {w}" for w in f.warnings] + [""]
     if result.skipped:
         out += ["Not fitted: " + "; ".join(f"{k} ({v})" for k, v in result.skipped.items()) + ".", ""]
     out += [f"> warning: {w}" for w in result.warnings]
-    if result.optimal:
+    if result.optimal and (why := _allocation_unknown(result)):
+        out += ["## Compute-optimal allocation beyond the sweep (Chinchilla fit)", "",
+                f"Not identified: the allocation exponent a is not determined by the data ({why}).", ""]
+    elif result.optimal:
         out += ["## Compute-optimal allocation beyond the sweep (Chinchilla fit)", "",
                 "| C (FLOPs) | N_opt | D_opt | tokens / parameter | predicted loss |", "|---|---|---|---|---|"]
         for r in result.optimal:

@@ -184,7 +184,7 @@ def test_sweep_files_are_checked_with_one_line(tmp_path, text, message):
 
 @pytest.mark.parametrize("grid, message", [
     ("train.stpes: [3]", "Could not override 'train.stpes'. There is no such config key"),
-    ("model: [s99]", "Could not find 'model/s99'; allowed: s01, s02"),
+    ("model: [s99]", "Could not find 'model/s99'; allowed: s01, s01a, s01b, s02"),
     ("train.steps: [abc]", "Value 'abc' of type 'str' could not be converted to Integer"),
 ])
 def test_bad_grid_keys_and_values_are_one_line(tmp_path, grid, message):
