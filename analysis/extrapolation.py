@@ -15,8 +15,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from analysis import laws, lse
-from analysis.fit import Fit
+from analysis import laws
 from analysis.isoflop import budgets
 from analysis.table import Table
 
@@ -26,11 +25,10 @@ MIN_BUDGETS = 3  # holding out the largest budget leaves at least two to fit
 def seed_noise(df: pd.DataFrame) -> dict | None:
     """Run-to-run scatter from replicates (cells with the same N and D): the pooled standard deviation of log
     loss, which is the relative standard deviation of loss to first order. None without replicates."""
-    cells = df.groupby(["N", "D"])["loss"]
-    sizes = cells.size()
+    logs = np.log(df["loss"].astype(float)).groupby([df["N"], df["D"]])
+    sizes = logs.size()
     if (sizes >= 2).sum() == 0:
         return None
-    logs = np.log(df["loss"].astype(float)).groupby([df["N"], df["D"]])
     var, dof = logs.var(ddof=1)[sizes >= 2], (sizes - 1)[sizes >= 2]
     per_cell = [{"N": float(n), "D": float(d), "runs": int(sizes[(n, d)]), "rel_sd": float(np.sqrt(v))}
                 for (n, d), v in var.items()]
@@ -55,15 +53,6 @@ def holdout_split(t: Table, above_flops: float | None = None, top_k: int | None 
     return Table(df[~held].reset_index(drop=True), t.source), df[held].reset_index(drop=True), label
 
 
-def predictive_interval(fit: Fit, N: float, D: float, rel_sd: float = 0.0, seed: int = 0) -> tuple[float, float]:
-    """95% interval for one new run at (N, D): the bootstrap refits' predictions times run-to-run noise."""
-    if not fit.samples:
-        return float("nan"), float("nan")
-    pred = np.asarray(laws.chinchilla_loss(fit.samples, N, D), float)
-    noise = np.exp(rel_sd * np.random.default_rng(seed).standard_normal(pred.shape)) if rel_sd else 1.0
-    return lse.interval(pred * noise)
-
-
 def check(t: Table, above_flops=None, top_k=None, n_boot: int = 200, seed: int = 0) -> dict | None:
     """Fit the Chinchilla law without the held-out runs and predict each of them."""
     fit_t, held, label = holdout_split(t, above_flops, top_k)
@@ -75,7 +64,7 @@ def check(t: Table, above_flops=None, top_k=None, n_boot: int = 200, seed: int =
     pred = fit.predict(held["N"], held["D"])
     rows = []
     for i, r in held.iterrows():
-        lo, hi = predictive_interval(fit, r["N"], r["D"], rel_sd, seed=seed + i)
+        lo, hi = laws.predicted_interval(fit, r["N"], r["D"], rel_sd, seed=seed + i)
         rows.append({"N": r["N"], "D": r["D"], "C": r["C"], "loss": r["loss"], "predicted": float(pred[i]),
                      "predicted_low": lo, "predicted_high": hi, "inside": bool(lo <= r["loss"] <= hi),
                      "rel_error": float((pred[i] - r["loss"]) / r["loss"])})

@@ -52,14 +52,21 @@ def correlations(samples: dict, names: list[str]) -> dict:
     return {f"{a}~{b}": float(c[i, j]) for i, a in enumerate(names) for j, b in enumerate(names) if i < j}
 
 
+def decades_spanned(p: dict) -> float | None:
+    """How many orders of magnitude a positive parameter's 95% interval spans, when more than two; else None."""
+    lo, hi = p["ci_low"], p["ci_high"]
+    if np.isfinite(lo) and np.isfinite(hi) and lo > 0 and hi / lo > 100:
+        return float(np.log10(hi / lo))
+    return None
+
+
 def identifiability(params: dict, names: list[str]) -> list[str]:
     out = []
     for n in names:
         p = params[n]
-        lo, hi = p["ci_low"], p["ci_high"]
-        if np.isfinite(lo) and np.isfinite(hi) and lo > 0 and hi / lo > 100:
-            out.append(f"{n}: the 95% interval [{lo:.3g}, {hi:.3g}] spans {np.log10(hi / lo):.1f} orders of "
-                       f"magnitude; the data cannot identify it")
+        if (decades := decades_spanned(p)) is not None:
+            out.append(f"{n}: the 95% interval [{p['ci_low']:.3g}, {p['ci_high']:.3g}] spans {decades:.1f} orders "
+                       f"of magnitude; the data cannot identify it")
     return out
 
 
@@ -80,8 +87,8 @@ def judge(fit: Fit, n_free: int) -> Fit:
         lo, hi, v = p["ci_low"], p["ci_high"], p["value"]
         if fit.samples and np.isfinite(lo) and np.isfinite(hi) and hi - lo <= 1e-9 * max(1.0, abs(v)):
             why[name] = "its 95% interval has zero width: every resample returned the same value"
-        elif name in SCALES and np.isfinite(lo) and np.isfinite(hi) and lo > 0 and hi / lo > 100:
-            why[name] = f"its 95% interval [{lo:.3g}, {hi:.3g}] spans {np.log10(hi / lo):.1f} orders of magnitude"
+        elif name in SCALES and (decades := decades_spanned(p)) is not None:
+            why[name] = f"its 95% interval [{lo:.3g}, {hi:.3g}] spans {decades:.1f} orders of magnitude"
         elif name in EXPONENTS and not (abs(v) <= MAX_EXPONENT and (not np.isfinite(hi) or hi <= MAX_EXPONENT)):
             why[name] = (f"the fit or its interval [{lo:.3g}, {hi:.3g}] runs beyond {MAX_EXPONENT:g}: the law's "
                          f"term in it is not determined by the data")

@@ -2,7 +2,7 @@
 
 Per size, final loss against log(lr) is fitted with a parabola through the best rate and its neighbours
 (DeepSeek LLM 2024 and Porian et al. 2024 fit lr_opt the same way); the vertex is lr_opt. Then
-lr_opt(N) = c * N^-p is fitted in log-log space, with a bootstrap over the scan's runs for both.
+lr_opt(N) = c * N^-p is fitted in log-log space, with a bootstrap over the sizes for the exponent's interval.
 
     python -m analysis.hyperparams results/reference-lr     # prints the optima and the rule
 """
@@ -69,7 +69,7 @@ def rule(opt: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> dict:
             boots.append(np.polyfit(x[idx], y[idx], 1))
     boots = np.array(boots)
     return {"c": float(np.exp(icpt)), "p": float(-slope), "p_interval": lse.interval(-boots[:, 0]),
-            "sizes": len(o), "residual_sd": float(np.std(y - (slope * x + icpt), ddof=2) if len(o) > 2 else np.nan)}
+            "sizes": len(o), "residual_sd": float(np.std(y - (slope * x + icpt), ddof=2))}
 
 
 def main(argv=None) -> int:

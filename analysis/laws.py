@@ -37,10 +37,15 @@ def chinchilla_loss(p: dict, N, D):
         return p["E"] + p["A"] / np.asarray(N, float) ** p["alpha"] + p["B"] / np.asarray(D, float) ** p["beta"]
 
 
-def predicted_interval(fit: Fit, N: float, D: float) -> tuple[float, float]:
-    """95% interval of a Chinchilla fit's predicted loss at (N, D) over its bootstrap resamples (the parameters'
-    uncertainty only); NaN without resamples."""
-    return lse.interval(chinchilla_loss(fit.samples, N, D)) if fit.samples else (float("nan"), float("nan"))
+def predicted_interval(fit: Fit, N: float, D: float, rel_sd: float = 0.0, seed: int = 0) -> tuple[float, float]:
+    """95% interval of a Chinchilla fit's predicted loss at (N, D) over its bootstrap resamples; NaN without
+    resamples. rel_sd = 0: the parameters' uncertainty only. rel_sd > 0: a predictive interval for one new run,
+    each resample's prediction times exp(Normal(0, rel_sd)) (run-to-run noise in log loss)."""
+    if not fit.samples:
+        return float("nan"), float("nan")
+    pred = np.asarray(chinchilla_loss(fit.samples, N, D), float)
+    noise = np.exp(rel_sd * np.random.default_rng(seed).standard_normal(pred.shape)) if rel_sd else 1.0
+    return lse.interval(pred * noise)
 
 
 def _fit_and_bootstrap(objective, starts, n: int, n_boot: int, seed: int, bounds=None):

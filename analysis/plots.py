@@ -183,14 +183,16 @@ def extrapolation(result: Analysis) -> plt.Figure | None:
     is_held = df.set_index(["N", "D"]).index.isin(held.set_index(["N", "D"]).index)
     if "budget" in df and df["budget"].notna().all():
         x, cmap = "N", plt.get_cmap("plasma")
-        bs = sorted(budgets(df).unique())
+        label = budgets(df)
+        bs = sorted(label.unique())
         for i, b in enumerate(bs):
-            g = df[budgets(df) == b]
+            mine = (label == b).to_numpy()
+            g = df[mine]
             col = cmap(i / max(1, len(bs) - 1))
             ns = np.geomspace(g["N"].min(), g["N"].max(), 100)  # the law where it was sampled, not beyond
-            last = b == bs[-1]
-            ax.plot(ns, laws.chinchilla_loss(e["fit"], ns, b / (6 * ns)), color="red" if last else col, lw=1,
-                    ls="--" if last else "-", label=f"C = {b:.2g}" + (" (held out)" if last else ""))
+            out = bool(is_held[mine].all())  # what --holdout-above-flops or --holdout-top held out, too
+            ax.plot(ns, laws.chinchilla_loss(e["fit"], ns, b / (6 * ns)), color="red" if out else col, lw=1,
+                    ls="--" if out else "-", label=f"C = {b:.2g}" + (" (held out)" if out else ""))
             ax.scatter(g["N"], g["loss"], color=col, s=22, zorder=3)
     else:
         x = "C"

@@ -249,9 +249,9 @@ def answer(result: Analysis) -> list[str]:
                    f"{e['inside']} of {len(e['rows'])} inside their 95% predictive intervals{seeds}.")
     if result.optimal and (why := _allocation_unknown(result)):
         out.append(f"- Compute-optimal N and D beyond the sweep: not identified (a: {why}).")
-    for r in result.optimal[:2] if not _allocation_unknown(result) else []:
-        out.append(f"- At C = {r['C']:.3g} FLOPs: N_opt = {_row_interval(r, 'N_opt')}, D_opt = "
-                   f"{_row_interval(r, 'D_opt')}, loss {_row_interval(r, 'loss')}.")
+    else:
+        out += [f"- At C = {r['C']:.3g} FLOPs: N_opt = {_row_interval(r, 'N_opt')}, D_opt = "
+                f"{_row_interval(r, 'D_opt')}, loss {_row_interval(r, 'loss')}." for r in result.optimal[:2]]
     out += [f"- **Warning**: {w}." for w in disagreements(result.forms)]
     return out + [""] if len(out) > 2 else []
 

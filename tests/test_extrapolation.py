@@ -43,8 +43,8 @@ def test_seed_noise_is_measured_from_replicates_and_widens_the_intervals():
     assert 0.007 < noise["rel_sd"] < 0.013  # the 1% drawn
     assert extrapolation.seed_noise(df.groupby(["N", "D"], as_index=False).first()) is None
     fit = laws.chinchilla(from_frame(df), n_boot=60)
-    lo0, hi0 = extrapolation.predictive_interval(fit, 1e9, 1e11)
-    lo1, hi1 = extrapolation.predictive_interval(fit, 1e9, 1e11, rel_sd=noise["rel_sd"])
+    lo0, hi0 = laws.predicted_interval(fit, 1e9, 1e11)
+    lo1, hi1 = laws.predicted_interval(fit, 1e9, 1e11, rel_sd=noise["rel_sd"])
     assert lo1 < lo0 and hi1 > hi0
 
 
