@@ -4,7 +4,7 @@ intervals that cover new runs at about the nominal rate, and the report warns wh
 import numpy as np
 import pandas as pd
 
-from analysis import extrapolation, laws, report
+from analysis import extrapolation, laws, plots, report
 from analysis.fit import Fit
 from analysis.table import from_frame
 
@@ -71,3 +71,11 @@ def test_the_report_leads_with_the_answer_and_warns_when_approaches_disagree(tmp
     warnings = report.disagreements({"chinchilla": chin, "isoflop_parabola": far})
     assert len(warnings) == 1 and "Approach 2" in warnings[0] and "Approach 3" in warnings[0]
     assert report.disagreements({"chinchilla": chin}) == []
+
+
+def test_the_extrapolation_figure_marks_the_held_out_budget():
+    result = report.fit_all(from_frame(isoflop_table(noise=0.003)), n_boot=20)
+    fig = plots.extrapolation(result)
+    labels = [line.get_label() for line in fig.axes[0].get_lines()]
+    assert sum("(held out)" in x for x in labels) == 1 and any(x.endswith("(held out)") and "3.2e+19" in x
+                                                                 for x in labels), labels

@@ -66,3 +66,15 @@ def test_fine_ladder_fills_the_steps_between_ladder_sizes():
         assert s.d_model % s.n_heads == 0 and s.n_heads <= sizes.MAX_HEADS
     with pytest.raises(ValueError, match="unknown model size 's08a'.*s02a"):
         sizes.ladder_shape("s08a")
+
+
+def test_default_learning_rate_is_the_measured_width_rule_scaled_by_the_batch(make_cfg):
+    from scaling import plan
+
+    assert sizes.default_learning_rate(32) == pytest.approx(0.02)  # the cap: s02's best scanned rate
+    assert sizes.default_learning_rate(48) == pytest.approx(0.64 / 48)  # 0.64 / d_model above it
+    assert sizes.default_learning_rate(24) == pytest.approx(0.02)
+    assert sizes.default_learning_rate(32, 512) == pytest.approx(0.01)  # sqrt(512 / 2048) = 1/2
+    cfg = make_cfg("model=s03", "train.batch_size=4", "optim.lr=null")  # 4 x seq_len tokens per step
+    shape = plan.shape_of(cfg)
+    assert plan.peak_lr(cfg) == pytest.approx(0.64 / 48 * (4 * shape.seq_len / 2048) ** 0.5)
