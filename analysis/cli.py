@@ -7,7 +7,7 @@ import argparse
 import json
 import sys
 
-from analysis import emergence_report, isoflop, laws, lse, report
+from analysis import emergence_report, extrapolation, isoflop, laws, lse, predictive, report
 from analysis.fit import judge
 from analysis.table import TableError, load, results_folder
 
@@ -89,14 +89,18 @@ def _predict(t, args) -> int:
     chin = judge(laws.chinchilla(t, n_boot=args.n_boot), report.FREE_PARAMETERS["chinchilla"])
     for w in chin.warnings:
         print(f"warning: {w}", file=sys.stderr)
+    noise = extrapolation.seed_noise(t.df)
+    scatter = predictive.scatter(t, chin, noise["rel_sd"] if noise else 0.0)
     if args.n is not None:
         if args.d is None:
             print("scaling predict: --n needs --d", file=sys.stderr)
             return 2
         loss = float(chin.predict(args.n, args.d))
         lo, hi = laws.predicted_interval(chin, args.n, args.d)
-        print(f"N={args.n:.4g} D={args.d:.4g}: predicted loss {loss:.4f} [95%: {lo:.4f}, {hi:.4f}] "
-              f"(Chinchilla fit on {len(t.df)} runs)")
+        p_lo, p_hi = predictive.interval(chin, scatter, args.n, args.d)
+        print(f"N={args.n:.4g} D={args.d:.4g}: predicted loss {loss:.4f} (Chinchilla fit on {len(t.df)} runs)\n"
+              f"  95% interval of the law (parameters only): [{lo:.4f}, {hi:.4f}]\n"
+              f"  95% predictive interval of one run:         [{p_lo:.4f}, {p_hi:.4f}]  ({scatter.describe()})")
     for C in args.flops or []:
         point, boot = laws.optimal(chin, C), laws.optimal(chin, C, samples=True)
         print(f"C = {C:.4g} FLOPs (Approach 3, joint law):")
@@ -107,6 +111,8 @@ def _predict(t, args) -> int:
                          ("loss", "loss")):
             lo, hi = lse.interval(boot[k])
             print(f"  {label:<14}{float(point[k]):>12.4g}   [95%: {lo:.4g}, {hi:.4g}]")
+        lo, hi = predictive.spread(boot["loss"], scatter, C)
+        print(f"  {'loss, one run':<14}{'':>12}   [95% predictive: {lo:.4g}, {hi:.4g}]")
         try:
             fit, _ = isoflop.approach1(t, n_boot=args.n_boot)
             n = float(fit.predict(C))

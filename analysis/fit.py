@@ -115,7 +115,7 @@ def range_warning(x: np.ndarray, name: str) -> list[str]:
 class Analysis:
     """Everything fitted on one table: the forms that applied (name -> Fit), the ones skipped with the reason,
     the IsoFLOP and frontier tables, compute-optimal rows beyond the sweep, the extrapolation check (as in
-    fit.json) and the table-wide warnings."""
+    fit.json), the table-wide warnings and the predictive terms of the joint law (analysis.predictive.Scatter)."""
     table: Table
     forms: dict[str, Fit]
     skipped: dict[str, str]
@@ -124,3 +124,4 @@ class Analysis:
     extrapolation: dict | None
     warnings: list[str]
     n_boot: int
+    scatter: object = None

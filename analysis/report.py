@@ -8,12 +8,18 @@ fit.json schema:
                       "correlations": {"p~q": float} | null, "warnings": [str]}},
      "skipped": {form: reason},
      "extrapolation": {"holdout": str, "n_fit": int, "rows": [{"N", "D", "C", "loss", "predicted",
-                       "predicted_low", "predicted_high", "inside", "rel_error"}], "max_abs_rel_error": float,
-                       "inside": int, "seed_noise": {"rel_sd", "cells", "runs", "dof", "per_cell"} | null,
+                       "predicted_low", "predicted_high" (predictive), "parameter_low", "parameter_high",
+                       "inside", "inside_parameter_only", "rel_error"}], "max_abs_rel_error": float,
+                       "inside": int, "inside_parameter_only": int,
+                       "seed_noise": {"rel_sd", "cells", "runs", "dof", "per_cell"} | null,
+                       "scatter": {"residual_sd", "seed_sd", "drift_per_decade", "c_fit_max", "backtests"},
                        "interval": str, "fit": {name: float}, "fit_intervals": {name: [low, high]}} | null,
-     "optimal": [{"C", "N_opt", "D_opt", "tokens_per_param", "loss", with _low/_high}],
+     "optimal": [{"C", "N_opt", "D_opt", "tokens_per_param", "loss", with _low/_high,
+                  "loss_predictive_low", "loss_predictive_high"}],
+     "scatter": {...} | null   (the predictive terms of the full-table Chinchilla fit, as above),
      "warnings": [str]}
-Intervals are 95% bootstrap percentiles over runs.
+Parameter intervals are 95% bootstrap percentiles over runs; predictive intervals (analysis.predictive) add the
+residual scatter, seed noise and extrapolation drift of the law to them.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis import emergence_report, extrapolation, isoflop, laws, lse, plots
+from analysis import emergence_report, extrapolation, isoflop, laws, lse, plots, predictive
 from analysis.fit import Analysis, judge
 from analysis.table import Table, load, results_folder
 
@@ -125,15 +131,20 @@ def disagreements(forms: dict) -> list[str]:
     return out
 
 
-def _optimal(chin, c_max: float, budgets_beyond) -> list[dict]:
-    """Compute-optimal N, D and loss at multiples of the largest compute, with intervals."""
+def _optimal(chin, c_max: float, budgets_beyond, scatter: predictive.Scatter | None = None) -> list[dict]:
+    """Compute-optimal N, D and loss at multiples of the largest compute, with intervals; the loss also with its
+    predictive interval (one run trained at that allocation) when the scatter terms are known."""
     out = []
     for mult in budgets_beyond:
         C = c_max * mult
         row = {"C": C, **{k: float(v) for k, v in laws.optimal(chin, C).items()}}
         if chin.samples:
-            for k, v in laws.optimal(chin, C, samples=True).items():
+            samples = laws.optimal(chin, C, samples=True)
+            for k, v in samples.items():
                 row[f"{k}_low"], row[f"{k}_high"] = lse.interval(v)
+            if scatter is not None:
+                row["loss_predictive_low"], row["loss_predictive_high"] = predictive.spread(
+                    samples["loss"], scatter, C, seed=int(mult))
         out.append(row)
     return out
 
@@ -144,8 +155,12 @@ def fit_all(t: Table, n_boot: int = laws.N_BOOT, seed: int = 0, holdout_above=No
     chin = forms.get("chinchilla")
     extrap = _safe(skipped, "extrapolation", extrapolation.check, t, holdout_above, holdout_top,
                    n_boot=min(n_boot, 200), seed=seed)
-    return Analysis(table=t, forms=forms, skipped=skipped, extra=extra,
-                    optimal=_optimal(chin, t.df["C"].max(), budgets_beyond) if chin else [],
+    scatter = None
+    if chin is not None:
+        noise = extrapolation.seed_noise(t.df)
+        scatter = predictive.scatter(t, chin, noise["rel_sd"] if noise else 0.0)
+    return Analysis(table=t, forms=forms, skipped=skipped, extra=extra, scatter=scatter,
+                    optimal=_optimal(chin, t.df["C"].max(), budgets_beyond, scatter) if chin else [],
                     extrapolation=extrap, warnings=_warnings(t.df, forms), n_boot=n_boot)
 
 
@@ -153,7 +168,9 @@ def to_json(result: Analysis) -> dict:
     t = result.table
     return {"source": t.source, "n_rows": len(t.df), "n_boot": result.n_boot, "excluded": t.excluded,
             "forms": {k: f.to_json() for k, f in result.forms.items()}, "skipped": result.skipped,
-            "extrapolation": result.extrapolation, "optimal": result.optimal, "warnings": result.warnings}
+            "extrapolation": result.extrapolation, "optimal": result.optimal,
+            "scatter": result.scatter.to_json() if result.scatter else None,
+            "warnings": result.warnings}
 
 
 def format_tables(result: Analysis) -> str:
@@ -181,7 +198,8 @@ def format_tables(result: Analysis) -> str:
                          f"{r['predicted']:.4f} [{r['predicted_low']:.4f}, {r['predicted_high']:.4f}], "
                          f"error {100 * r['rel_error']:+.2f}%{'' if r['inside'] else ' (outside)'}")
         lines.append(f"  max |relative error| = {100 * e['max_abs_rel_error']:.2f}%, {e['inside']} of "
-                     f"{len(e['rows'])} inside their 95% intervals ({e['interval']})")
+                     f"{len(e['rows'])} inside their 95% intervals ({e['interval']}); "
+                     f"{e['inside_parameter_only']} inside the parameter-only ones")
     return "\n".join(lines)
 
 
@@ -215,6 +233,13 @@ def _row_interval(r: dict, k: str) -> str:
     return f"{r[k]:.3g} [{r.get(k + '_low', math.nan):.3g}, {r.get(k + '_high', math.nan):.3g}]"
 
 
+def _predictive(r: dict) -> str:
+    """', predictive [low, high]' for an optimal row's loss, when it has one."""
+    if "loss_predictive_low" not in r:
+        return ""
+    return f" (one run: 95% predictive [{r['loss_predictive_low']:.3g}, {r['loss_predictive_high']:.3g}])"
+
+
 def _interval(fit, name: str, fmt: str = ".3g") -> str:
     """A fitted parameter with its interval, or 'not identified' with the interval when the data do not
     determine it (analysis.fit.judge): never an estimate the data cannot support."""
@@ -243,15 +268,16 @@ def answer(result: Analysis) -> list[str]:
     if e:
         noise = e.get("seed_noise")
         seeds = (f"; seed-to-seed standard deviation {100 * noise['rel_sd']:.2f}% of loss ({noise['cells']} cells, "
-                 f"{noise['runs']} runs), included in the intervals" if noise else
-                 "; no seed replicates, so the intervals cover the fit's parameters only")
+                 f"{noise['runs']} runs)" if noise else "; no seed replicates")
         out.append(f"- Held out {e['holdout']}: largest error **{100 * e['max_abs_rel_error']:.2f}%**, "
-                   f"{e['inside']} of {len(e['rows'])} inside their 95% predictive intervals{seeds}.")
+                   f"{e['inside']} of {len(e['rows'])} inside their 95% predictive intervals "
+                   f"({e['inside_parameter_only']} inside the parameter-only ones){seeds}.")
     if result.optimal and (why := _allocation_unknown(result)):
         out.append(f"- Compute-optimal N and D beyond the sweep: not identified (a: {why}).")
     else:
         out += [f"- At C = {r['C']:.3g} FLOPs: N_opt = {_row_interval(r, 'N_opt')}, D_opt = "
-                f"{_row_interval(r, 'D_opt')}, loss {_row_interval(r, 'loss')}." for r in result.optimal[:2]]
+                f"{_row_interval(r, 'D_opt')}, loss {_row_interval(r, 'loss')}{_predictive(r)}."
+                for r in result.optimal[:2]]
     out += [f"- **Warning**: {w}." for w in disagreements(result.forms)]
     return out + [""] if len(out) > 2 else []
 
@@ -259,13 +285,17 @@ def answer(result: Analysis) -> list[str]:
 def _extrapolation_section(e: dict) -> list[str]:
     noise = e.get("seed_noise")
     out = ["## Extrapolation check", "",
-           f"The Chinchilla law refitted on {e['n_fit']} runs predicts {e['holdout']}. Intervals: {e['interval']}.",
-           "", "| N | D | C | loss | predicted [95%] | error | inside |", "|---|---|---|---|---|---|---|"]
-    out += [f"| {r['N']:.3g} | {r['D']:.3g} | {r['C']:.3g} | {r['loss']:.4f} | {r['predicted']:.4f} "
+           (f"The Chinchilla law refitted on {e['n_fit']} runs predicts {e['holdout']}. Intervals: the "
+            f"parameters' (bootstrap refits only) and the {e['interval']}."),
+           "", "| N | D | C | loss | predicted | 95% parameters | 95% predictive | error | inside |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    out += [f"| {r['N']:.3g} | {r['D']:.3g} | {r['C']:.3g} | {r['loss']:.4f} | {r['predicted']:.4f} | "
+            f"[{r['parameter_low']:.4f}, {r['parameter_high']:.4f}] | "
             f"[{r['predicted_low']:.4f}, {r['predicted_high']:.4f}] | {100 * r['rel_error']:+.2f}% | "
             f"{'yes' if r['inside'] else '**no**'} |" for r in e["rows"]]
     out += ["", (f"Largest relative error: **{100 * e['max_abs_rel_error']:.2f}%**; {e['inside']} of "
-                 f"{len(e['rows'])} inside their intervals."), ""]
+                 f"{len(e['rows'])} inside their predictive intervals, {e['inside_parameter_only']} inside the "
+                 "parameter-only ones."), ""]
     if noise:
         out += [f"Seed-to-seed standard deviation of loss: {100 * noise['rel_sd']:.2f}% (pooled over {noise['cells']} "
                 f"cells, {noise['runs']} runs, {noise['dof']} degrees of freedom; per cell: "
@@ -301,9 +331,13 @@ def markdown(result: Analysis, figures: list[Path], folder: Path, emergence: str
                 f"Not identified: the allocation exponent a is not determined by the data ({why}).", ""]
     elif result.optimal:
         out += ["## Compute-optimal allocation beyond the sweep (Chinchilla fit)", "",
-                "| C (FLOPs) | N_opt | D_opt | tokens / parameter | predicted loss |", "|---|---|---|---|---|"]
+                "Brackets: 95% intervals of the law's parameters; the last column is where one run trained at that "
+                "allocation should land (predictive: " + result.scatter.describe() + ").", "",
+                "| C (FLOPs) | N_opt | D_opt | tokens / parameter | predicted loss | 95% predictive |",
+                "|---|---|---|---|---|---|"]
         for r in result.optimal:
             cells = [_row_interval(r, k) for k in ("N_opt", "D_opt", "tokens_per_param", "loss")]
+            cells.append(f"[{r.get('loss_predictive_low', math.nan):.3g}, {r.get('loss_predictive_high', math.nan):.3g}]")
             out.append(f"| {r['C']:.3g} | " + " | ".join(cells) + " |")
         out.append("")
     if emergence:

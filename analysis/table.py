@@ -10,7 +10,7 @@ Standard columns (the names `scaling collect` writes, so our own tables need no 
     steps, group, seed, budget   optional
     schedule    optional: the learning-rate schedule; a table that mixes schedules gets a warning in the report
 
-When only N and C are given, D = C / (6 N). Rows with non-finite or non-positive N, D, C or loss, and rows
+When only N and C are given, D = C / (6 N); when only D and C are given, N = C / (6 D). Rows with non-finite or non-positive N, D, C or loss, and rows
 whose status is not "completed", are excluded and reported.
 """
 
@@ -102,7 +102,7 @@ def _pick(raw: pd.DataFrame, given: str | None, defaults: tuple[str, ...], what:
 def from_frame(raw: pd.DataFrame, source: str = "<frame>", n=None, d=None, c=None, loss=None, steps=None,
                group=None, seed=None, budget=None, best_per=None, curves=None) -> Table:
     cols = {
-        "N": _pick(raw, n, ("N", "params", "n_params"), "N", True),
+        "N": _pick(raw, n, ("N", "params", "n_params"), "N", False),
         "D": _pick(raw, d, ("tokens", "D", "train_tokens", "training_tokens"), "D", False),
         "C": _pick(raw, c, ("C", "flops", "compute", "compute_budget"), "C", False),
         "loss": _pick(raw, loss, ("loss", "final_eval_loss", "validation_loss", "eval_loss"), "loss", True),
@@ -111,6 +111,9 @@ def from_frame(raw: pd.DataFrame, source: str = "<frame>", n=None, d=None, c=Non
         "seed": _pick(raw, seed, ("seed",), "seed", False),
         "budget": _pick(raw, budget, ("budget", "compute_budget", "target_flops"), "budget", False),
     }
+    if cols["N"] is None and (cols["D"] is None or cols["C"] is None):
+        raise TableError("no column for N: tried N, params, n_params; name it with --n COLUMN, or give both D and C "
+                         f"(N = C / 6D) (columns: {', '.join(map(str, raw.columns))})")
     if cols["D"] is None and cols["C"] is None:
         raise TableError("the table needs D (training tokens) or C (FLOPs) besides N; name them with --d or --c")
     df = pd.DataFrame({k: raw[v].to_numpy() for k, v in cols.items() if v is not None})
@@ -128,6 +131,8 @@ def from_frame(raw: pd.DataFrame, source: str = "<frame>", n=None, d=None, c=Non
     for k in ("N", "D", "C", "loss", "budget"):
         if k in df:
             df[k] = pd.to_numeric(df[k], errors="coerce").astype(float)
+    if "N" not in df:
+        df["N"] = df["C"] / (6 * df["D"])  # IsoFLOP tables that give budget and tokens only (e.g. Llama 3)
     if "D" not in df:
         df["D"] = df["C"] / (6 * df["N"])
     if "C" not in df:

@@ -12,7 +12,7 @@ import pytest
 from analysis import isoflop, laws, lse, report
 from analysis.table import TableError, from_frame, load
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA = Path(__file__).parent / "data"  # published tables, sources in data/README.md
 TRUE = {"E": 1.69, "A": 406.4, "alpha": 0.34, "B": 410.7, "beta": 0.28}  # Hoffmann et al. (2022)
 
 
@@ -112,10 +112,9 @@ def test_isoflop_drops_budgets_with_an_edge_minimum():
     assert len(minima) == 3 and any("edge" in w for w in fit.warnings)
 
 
-@pytest.mark.skipif(not SHARED.exists(), reason="shared/data not beside the checkout")
 def test_published_li2025_fit_is_reproduced():
     # Li et al. (2025) report E=1.808, A=51.36, B=4.678e5, alpha=0.2002, beta=0.6357 (all 261 last checkpoints).
-    t = load(SHARED / "li2025_misfitting_scaling_results_last_ckpt_only.csv", loss="C4 Eval Loss")
+    t = load(DATA / "li2025_misfitting_scaling_results_last_ckpt_only.csv", loss="C4 Eval Loss")
     fit = laws.chinchilla(t, n_boot=0)
     assert fit.value("E") == pytest.approx(1.808, rel=2e-3)
     assert fit.value("A") == pytest.approx(51.36, rel=5e-3)
@@ -124,10 +123,9 @@ def test_published_li2025_fit_is_reproduced():
     assert fit.value("beta") == pytest.approx(0.6357, abs=5e-4)
 
 
-@pytest.mark.skipif(not SHARED.exists(), reason="shared/data not beside the checkout")
 def test_published_llama3_isoflop_exponent():
     # Llama 3 reports D*(C) = 0.29 C^0.53 from these IsoFLOP curves.
-    raw = pd.read_csv(SHARED / "llama3_isoflops_points_digitized.csv")
+    raw = pd.read_csv(DATA / "llama3_isoflops_points_digitized.csv")
     raw["N"] = raw["compute_budget"] / (6 * raw["training_tokens"])
     t = from_frame(raw, c="compute_budget", d="training_tokens", loss="validation_loss", budget="compute_budget")
     fit, _ = isoflop.approach2(t, n_boot=100)
@@ -147,6 +145,10 @@ def test_table_mapping_and_errors(tmp_path):
         load(path, n="Params")
     with pytest.raises(TableError, match="needs D .* or C"):
         from_frame(pd.DataFrame({"N": [1.0], "loss": [2.0]}))
+    iso = from_frame(pd.DataFrame({"compute_budget": [6e18], "training_tokens": [1e9], "validation_loss": [2.0]}))
+    assert iso.df["N"].iloc[0] == pytest.approx(1e9)  # N = C / 6D when a table gives budget and tokens only
+    with pytest.raises(TableError, match="no column for N.*give both D and C"):
+        from_frame(pd.DataFrame({"tokens": [1e9], "loss": [2.0]}))
     failed = df.assign(status=["completed", "diverged", "failed"])
     t = from_frame(failed, n="Model Size", c="Training FLOP")
     assert len(t.df) == 1 and any("'diverged'" in e for e in t.excluded)

@@ -33,7 +33,9 @@ def test_the_largest_budget_is_held_out_and_predicted():
     assert len(held) == 5 and held["budget"].nunique() == 1 and held["budget"].iloc[0] == t.df["budget"].max()
     assert fit_t.df["budget"].max() < held["budget"].min() and "largest budget" in label
     e = extrapolation.check(t, n_boot=60)
-    assert e["max_abs_rel_error"] < 0.01 and e["seed_noise"] is None and "no seed replicates" in e["interval"]
+    assert e["max_abs_rel_error"] < 0.01 and e["seed_noise"] is None and "seed noise" not in e["interval"]
+    assert all(r["predicted_low"] <= r["parameter_low"] and r["parameter_high"] <= r["predicted_high"]
+               for r in e["rows"])  # the predictive interval holds the parameter-only one
 
 
 def test_seed_noise_is_measured_from_replicates_and_widens_the_intervals():
