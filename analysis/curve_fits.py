@@ -75,6 +75,26 @@ def fit_smooth(x: np.ndarray, u: np.ndarray, w: np.ndarray | None = None) -> tup
     return sse_lin[:, 0], sse_pow.min(1)
 
 
+def smooth_curve(x: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """The fitted values of the better (by BIC) smooth form: the null model of analysis.emergence's test."""
+    n, ones = len(u), np.ones((1, len(u)))
+    sse_lin, c0, c1 = profile(x[None, :], u, ones)
+    _, basis = _power_grid(x)
+    sse_pow, p0, p1 = profile(basis, u, ones)
+    j = int(np.argmin(sse_pow[0]))
+    if bic(float(sse_lin[0, 0]), n, 2) <= bic(float(sse_pow[0, j]), n, 3):
+        return c0[0, 0] + c1[0, 0] * x
+    return p0[0, j] + p1[0, j] * basis[j]
+
+
+def grid_delta_bic(x: np.ndarray, u: np.ndarray, grid_basis: np.ndarray) -> float:
+    """BIC of the smooth forms minus that of the best sigmoid on the grid (no refinement): the test statistic."""
+    n = len(u)
+    sse, _, _ = profile(grid_basis, u, np.ones((1, n)))
+    sse_lin, sse_pow = fit_smooth(x, u)
+    return float(smooth_bic(sse_lin, sse_pow, n)[0]) - bic(float(sse[0].min()), n, 4)
+
+
 def smooth_bic(sse_lin, sse_pow, n: int):
     return np.minimum(np.vectorize(bic)(sse_lin, n, 2), np.vectorize(bic)(sse_pow, n, 3))
 

@@ -24,6 +24,15 @@ For one metric against one scale axis:
    the call. `unresolved`: the sigmoid beats the smooth form by delta-BIC >= 6 on the full data but its jump falls
    between two grid points more than `max_width` decades apart, so its width cannot be told (the bootstrap is not
    asked: resamples that drop one side of the gap fit a line as well as a step). Otherwise `smooth` (the smooth form beats the constant by delta-BIC >= 6) or `flat`.
+   `gradual emergence` (flagged, like `emergent`): a rise from a floor too broad for `emergent` -- what pooling
+   model families of different compute efficiency gives, or a rise whose largest models fall back a little --
+   needs: the points more than one 10-90% width below the midpoint (under 1.2% of the fitted rise) within
+   floor + 2 SE but for one in ten (at least one when there are five or more; a family trained far more
+   efficiently than the rest, say),
+   at least two points significantly above the floor, a 10-90% width from `max_width` to
+   GRADUAL_MAX_WIDTH decades, the sigmoid beating the smooth form by delta-BIC >= 10 (strong evidence), and a
+   parametric-bootstrap p-value under the smooth form (datasets drawn from the fitted smooth curve plus its
+   residual scatter; p is the share whose delta-BIC reaches the observed one) that survives Holm's correction.
    A discontinuous metric flagged emergent whose continuous counterpart shows no sharp transition of its own
    (not emergent, break, unresolved, nor emergent before the correction) gets `metric artefact`.
 
@@ -47,15 +56,21 @@ from analysis.curve_fits import (
     fit_bnsl,
     fit_sigmoid,
     fit_smooth,
+    grid_delta_bic,
     profile,
     sigmoid_grid,
     smooth_bic,
+    smooth_curve,
 )
 
 DELTA_BIC = 6.0
 SIGNIFICANCE = 0.10  # the sigmoid must win in at least 90% of resamples
 MAX_WIDTH = 1.0  # decades (10% to 90% of the rise)
 LOGIT_WIDTH = 2 * math.log(9)  # 10-90% width of a logistic in units of its scale w
+GRADUAL_MAX_WIDTH = 2.5  # decades: broader rises are trends, not transitions
+CLEAR_DELTA_BIC = 10.0  # "very strong" evidence on Kass and Raftery's scale
+GRADUAL_OUTLIERS = 0.1  # share of the points before a broad rise allowed above the floor (at least 1 of 5 or more)
+FLAGGED = ("emergent", "gradual emergence")
 
 
 @dataclass
@@ -131,6 +146,29 @@ def _criteria(x, u, se, floor, theta, p, max_width) -> tuple[dict, float]:
     }, gap
 
 
+def _null_p(x: np.ndarray, u: np.ndarray, observed: float, n_sim: int, seed: int) -> float:
+    """Parametric bootstrap under the smooth form: the share of datasets drawn from the fitted smooth curve plus
+    Gaussian noise of its residual scatter in which the sigmoid beats the smooth form by the observed delta-BIC."""
+    fitted = smooth_curve(x, u)
+    sd = float(np.sqrt(np.sum((u - fitted) ** 2) / max(len(u) - 3, 1)))
+    _, basis = sigmoid_grid(x)
+    rng = np.random.default_rng(seed)
+    reached = sum(grid_delta_bic(x, fitted + sd * rng.standard_normal(len(u)), basis) >= observed
+                  for _ in range(n_sim))
+    return (1 + reached) / (1 + n_sim)
+
+
+def _gradual(x, u, se, floor, theta, max_width, b) -> bool:
+    """The shape conditions of `gradual emergence` (module docstring), before its test."""
+    lo_s, hi_s, m, logw = theta
+    width = LOGIT_WIDTH * math.exp(logw)
+    below, above = x < m - width, x > m
+    allowed = max(1, int(GRADUAL_OUTLIERS * below.sum())) if below.sum() >= 5 else 0
+    return bool(hi_s > lo_s and below.any() and np.sum(u[below] > floor + 2 * se[below]) <= allowed
+                and np.sum(u[above] > floor + 2 * se[above]) >= 2 and max_width < width <= GRADUAL_MAX_WIDTH
+                and b["smooth"] - b["sigmoid"] >= CLEAR_DELTA_BIC)
+
+
 def _verdict(criteria: dict, gap: float, width: float, max_width: float, b: dict) -> str:
     c = criteria
     if all(c.values()):
@@ -168,11 +206,19 @@ def detect(s: Series, n_boot: int = 400, seed: int = 0, max_width: float = MAX_W
     p, mids, d_bic = _bootstrap(x, u, n_boot, seed)
     m_lo, m_hi = (np.percentile(mids, [2.5, 97.5]) if len(mids) else (math.nan, math.nan))
     m_lo, m_hi = min(m_lo, m), max(m_hi, m)  # the grid's resolution must not exclude the refined estimate
-    criteria, gap = _criteria(x, u, se, 0.0 if floor_known else min(lo_s, hi_s), theta, p, max_width)
+    floor = 0.0 if floor_known else min(lo_s, hi_s)
+    criteria, gap = _criteria(x, u, se, floor, theta, p, max_width)
+    verdict, p_case = _verdict(criteria, gap, width, max_width, b), p
+    if verdict not in ("emergent", "break", "unresolved") and _gradual(x, u, se, floor, theta, max_width, b):
+        # the case bootstrap asks whether the sigmoid wins by 6 in 90% of resamples, which a broad rise of
+        # scattered points (several model families) rarely does; the test of a broad rise is against the null
+        # of the smooth form itself
+        verdict = "gradual emergence"
+        p = _null_p(x, u, grid_delta_bic(x, u, sigmoid_grid(x)[1]), n_boot, seed)
     to_scale = (lambda v: -v) if s.axis == "loss" else (lambda v: 10 ** v)
     sign = 1 if s.higher_is_better else -1
     out.update({
-        "verdict": _verdict(criteria, gap, width, max_width, b), "p": p, "criteria": criteria,
+        "verdict": verdict, "p": p, "p_case_bootstrap": p_case, "criteria": criteria,
         "threshold": to_scale(m), "threshold_low": to_scale(m_lo) if s.axis != "loss" else -m_hi,
         "threshold_high": to_scale(m_hi) if s.axis != "loss" else -m_lo,
         "width_decades": width, "grid_gap": gap, "jump": sign * (hi_s - lo_s) * (hi - lo),
@@ -188,7 +234,8 @@ def detect(s: Series, n_boot: int = 400, seed: int = 0, max_width: float = MAX_W
 
 
 def holm(results: list[dict], alpha: float = SIGNIFICANCE) -> None:
-    """Holm's step-down correction over the tests' p-values; demotes 'emergent' that does not survive it."""
+    """Holm's step-down correction over the tests' p-values; demotes a flag ('emergent', 'gradual emergence')
+    that does not survive it."""
     tested = sorted((r for r in results if not math.isnan(r.get("p", math.nan))), key=lambda r: r["p"])
     m = len(tested)
     stop = False
@@ -197,13 +244,13 @@ def holm(results: list[dict], alpha: float = SIGNIFICANCE) -> None:
         if stop or r["p"] > r["p_threshold"]:
             stop = True
             r["survives_correction"] = False
-            if r["verdict"] == "emergent":
+            if r["verdict"] in FLAGGED:
                 r["verdict"] = "not significant after correction"
         else:
             r["survives_correction"] = True
 
 
-SHARP = ("emergent", "unresolved", "break", "not significant after correction")  # a counterpart that also jumps
+SHARP = (*FLAGGED, "unresolved", "break", "not significant after correction")  # a counterpart that also jumps
 
 
 def pair_artefacts(results: list[dict]) -> None:
@@ -213,7 +260,7 @@ def pair_artefacts(results: list[dict]) -> None:
     for r in results:
         c = by_key.get((r["task"], r["counterpart"], r["axis"], r["group"])) if r.get("counterpart") else None
         r["counterpart_verdict"] = c["verdict"] if c else None
-        if c and r["discontinuous"] and r["verdict"] == "emergent" and c["verdict"] not in SHARP:
+        if c and r["discontinuous"] and r["verdict"] in FLAGGED and c["verdict"] not in SHARP:
             r["verdict"] = "metric artefact"
 
 

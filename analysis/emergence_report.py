@@ -28,6 +28,7 @@ matplotlib.use("Agg")  # figures are files; no display is needed
 import matplotlib.pyplot as plt
 
 DEFAULT_AXES = ("N", "C")
+TRANSITIONS = (*em.FLAGGED, "unresolved", "break", "metric artefact")  # verdicts shown with a threshold
 LOGPROB_BASED = ("logprob", "icl_score", "loss", "nll", "cross_entropy")
 
 
@@ -76,7 +77,7 @@ def _fmt(v, spec=".3g") -> str:
 def _cells(r: dict) -> tuple[str, str, str]:
     """(task [group], threshold with its interval where a transition was found, counterpart: verdict)."""
     thr = (f"{_fmt(r.get('threshold'))} [{_fmt(r.get('threshold_low'))}, {_fmt(r.get('threshold_high'))}]"
-           if r["verdict"] in ("emergent", "unresolved", "break", "metric artefact") else "-")
+           if r["verdict"] in TRANSITIONS else "-")
     cp = f"{r['counterpart']}: {r['counterpart_verdict']}" if r.get("counterpart") else ""
     return r["task"] + (f" [{r['group']}]" if r.get("group") else ""), thr, cp
 
@@ -98,7 +99,9 @@ def markdown(results: list[dict], figures: list[Path], folder: Path) -> str:
            ("Each probe metric against each scale axis (analysis/emergence.py): sigmoid vs smooth fit by BIC under a "
             "bootstrap, Holm-corrected over the tests of each view; `emergent` also needs the points before the "
             "transition at chance, two points above it significantly above chance and a 10-90% width under one "
-            "decade. `metric artefact`: the discontinuous metric jumps but its continuous counterpart does not.")]
+            "decade. `gradual emergence` (also flagged): the same rise from a floor over one to 2.5 decades, won by "
+            "the sigmoid by delta-BIC >= 10 and tested against the smooth form by a parametric bootstrap. "
+            "`metric artefact`: the discontinuous metric jumps but its continuous counterpart does not.")]
     views = {"runs": "Across runs (final values)",
              "checkpoints": "Over training (every evaluation point of the runs trained on probe text; C = 6 N x "
                             "tokens seen so far)"}
@@ -151,7 +154,7 @@ def figures(df: pd.DataFrame, results: list[dict], folder: Path, fmt: str = "png
                 sign = 1 if r["fit"]["higher_is_better"] else -1
                 u = sigmoid(r["fit"]["sigmoid"], grid)
                 ax.plot(10**grid, sign * (lo + u * (hi - lo)), color="C3" if colour == "k" else colour, lw=1)
-                if r["verdict"] in ("emergent", "unresolved", "break", "metric artefact"):
+                if r["verdict"] in TRANSITIONS:
                     ax.axvspan(r["threshold_low"], r["threshold_high"], color="C3", alpha=0.12)
                     ax.axvline(r["threshold"], color="C3", lw=0.8, ls="--")
             if axis != "loss":

@@ -52,7 +52,7 @@ def test_false_flag_rate_on_pure_noise_is_at_most_five_percent():
             s = exact_match(binomial(np.full(len(X), 0.05), rng))
         else:
             s = em.Series("task", "accuracy", "N", X, 0.3 + rng.normal(0, 0.05, len(X)))
-        flagged += em.analyse([s], n_boot=100, seed=trial)[0]["verdict"] == "emergent"
+        flagged += em.analyse([s], n_boot=100, seed=trial)[0]["verdict"] in em.FLAGGED
     assert flagged / 60 <= 0.05
 
 
@@ -194,3 +194,58 @@ def test_probe_scores_are_exact_for_perfect_and_chance_predictions():
         if task.name == "copy":  # the repeat no easier than the first copy: no in-context learning
             assert miss["probe/copy/icl_score"] == pytest.approx(0.0)
             assert miss["probe/copy/token_accuracy"] == 0.0
+
+
+# Ruan et al. (2024): 2-shot evaluations of 65 base LLMs from 23 families with their training FLOPs (data/README.md)
+RUAN = {"arithmetic_2da_2_acc": 0, "arithmetic_2dm_2_acc": 0, "arithmetic_3da_2_acc": 0, "arithmetic_3ds_2_acc": 0,
+        "word_unscrambling_2_exact_match": 0, "hellaswag": 0.25, "winograd": 0.5, "arc_c": 0.25}
+
+
+@pytest.fixture(scope="module")
+def ruan_pooled():
+    df = pd.read_csv(DATA / "ruan2024_base_llm_evals.csv")
+    return {r["task"]: r for r in em.analyse(em.series_from_frame(df, list(RUAN), ["flops"], chance=RUAN), n_boot=200)}
+
+
+@pytest.mark.parametrize("task", ["arithmetic_2da_2_acc", "arithmetic_2dm_2_acc", "arithmetic_3da_2_acc",
+                                  "arithmetic_3ds_2_acc"])
+def test_arithmetic_across_llm_families_is_flagged_near_1e22_to_1e23_flops(ruan_pooled, task):
+    # at 0 below about 1e22 FLOPs and near 1 above 1e23, pooled over families whose efficiency differs: broad
+    r = ruan_pooled[task]
+    assert r["verdict"] in em.FLAGGED and r["survives_correction"], r
+    assert 1e22 <= r["threshold"] <= 1e23 and r["threshold_low"] < r["threshold"] < r["threshold_high"]
+
+
+def test_word_unscrambling_is_flagged_and_smooth_benchmarks_are_not(ruan_pooled):
+    assert ruan_pooled["word_unscrambling_2_exact_match"]["verdict"] in em.FLAGGED
+    for task in ("hellaswag", "winograd", "arc_c"):
+        assert ruan_pooled[task]["verdict"] in ("smooth", "flat"), ruan_pooled[task]
+
+
+def test_smooth_benchmarks_of_one_family_are_not_flagged():
+    df = pd.read_csv(DATA / "ruan2024_base_llm_evals.csv")
+    smooth = {k: RUAN[k] for k in ("hellaswag", "winograd", "arc_c")}
+    results = em.analyse(em.series_from_frame(df, list(smooth), ["flops"], chance=smooth, group="family"), n_boot=100)
+    assert not [r for r in results if r["verdict"] in em.FLAGGED]
+
+
+def test_a_broad_rise_that_falls_back_at_the_top_is_still_flagged():
+    rng = np.random.default_rng(7)
+    x = np.sort(rng.uniform(19, 25, 60))
+    y = 0.95 / (1 + np.exp(-(x - 22.5) / 0.6)) + rng.normal(0, 0.05, len(x))
+    y[x > 24.2] -= 0.3  # the largest models lose part of the ability
+    r = em.analyse([em.Series("task", "accuracy", "flops", x, np.clip(y, 0, 1), chance=0.0)], n_boot=200)[0]
+    assert r["verdict"] in em.FLAGGED, r
+    assert 10 ** 22 < r["threshold"] < 10 ** 23
+
+
+def test_scattered_smooth_rises_are_not_flagged_as_gradual():
+    flagged = 0
+    for seed in range(20):  # a line in log scale with family-like scatter, and a power law on the error
+        rng = np.random.default_rng(seed)
+        x = np.sort(rng.uniform(19, 25, 60))
+        trend = 0.15 * (x - 19) if seed % 2 else 1 - 0.9 * 10 ** (-0.25 * (x - 19))
+        y = np.clip(trend + rng.normal(0, 0.08, len(x)), 0, 1)
+        flagged += em.analyse([em.Series("task", "accuracy", "flops", x, y, chance=0.0)], n_boot=100,
+                              seed=seed)[0]["verdict"] in em.FLAGGED
+    assert flagged <= 1
