@@ -22,6 +22,8 @@ def _parser(command: str) -> argparse.ArgumentParser:
         # In `predict`, --n and --d are the point to predict at, so their column flags are --n-col, --d-col.
         flag = f"--{name}-col" if command == "predict" and name in ("n", "d") else f"--{name}"
         g.add_argument(flag, dest=f"{name}_col", metavar="COLUMN", help=help_)
+    g.add_argument("--unique-tokens", dest="unique_tokens_col", metavar="COLUMN",
+                   help="unique tokens U of runs that repeat data (the data-constrained law)")
     g.add_argument("--best-per", metavar="COLS", help="keep the lowest-loss row per these standard columns, "
                    "comma-separated (e.g. N,D to keep the best learning rate)")
     g.add_argument("--where", metavar="QUERY", help="pandas query on the raw table, e.g. 'N < 1.25e9'")
@@ -30,6 +32,9 @@ def _parser(command: str) -> argparse.ArgumentParser:
     else:
         p.add_argument("--n-boot", type=int, default=laws.N_BOOT, help="bootstrap resamples (default 1000)")
     if command in ("fit", "report"):
+        p.add_argument("--data-law", choices=("two-stage", "one-rstar"), default="two-stage",
+                       help="data-constrained law: Muennighoff et al.'s two stages with R*_N and R*_D (default), or "
+                            "one R* fitted with all five Chinchilla parameters")
         p.add_argument("--holdout-above-flops", type=float, help="extrapolation check: fit below this C")
         p.add_argument("--holdout-top", type=int, help="extrapolation check: hold out the k largest-C runs")
     if command == "fit":
@@ -49,7 +54,7 @@ def _parser(command: str) -> argparse.ArgumentParser:
 def _load_kwargs(args) -> dict:
     best = tuple(s.strip() for s in args.best_per.split(",")) if args.best_per else None
     return {k: getattr(args, f"{k}_col") for k in ("n", "d", "c", "loss", "steps", "group", "seed", "budget")} | \
-        {"best_per": best, "where": args.where}
+        {"best_per": best, "where": args.where, "unique_tokens": args.unique_tokens_col}
 
 
 def main(command: str, argv: list[str]) -> int:
@@ -59,7 +64,8 @@ def main(command: str, argv: list[str]) -> int:
             report.build(args.results, quiet=command == "plot", n_boot=args.n_boot, fmt=args.format,
                          figures_only=command == "plot",
                          holdout_above=args.holdout_above_flops if command == "report" else None,
-                         holdout_top=args.holdout_top if command == "report" else None, **_load_kwargs(args))
+                         holdout_top=args.holdout_top if command == "report" else None,
+                         data_law=args.data_law if command == "report" else "two-stage", **_load_kwargs(args))
             folder = results_folder(args.results)
             print(f"wrote figures to {folder / 'plots'}" + (f" and {folder / 'report.md'}" if command == "report"
                                                              else ""))
@@ -71,7 +77,7 @@ def main(command: str, argv: list[str]) -> int:
     if command == "predict":
         return _predict(t, args)
     result = report.fit_all(t, n_boot=args.n_boot, holdout_above=args.holdout_above_flops,
-                            holdout_top=args.holdout_top, method=args.method)
+                            holdout_top=args.holdout_top, method=args.method, data_law=args.data_law)
     doc = report.to_json(result)
     (results_folder(args.results) / "fit.json").write_text(json.dumps(doc, indent=1, default=float))
     print(json.dumps(doc, indent=1, default=float) if args.json else report.format_tables(result))

@@ -244,23 +244,109 @@ def kaplan_nd(t: Table, n_boot: int = 200, seed: int = 0) -> Fit:
 
 
 # ---------------------------------------------------------------- Muennighoff et al.
-def muennighoff(t: Table, base: Fit, n_boot: int = 200, seed: int = 0) -> Fit:
-    """Data-constrained law: needs a unique-token column U and some rows with D > U (repeated epochs)."""
+def _repetition(t: Table) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(N, D, U, y = log loss) of a table whose runs may repeat data; refuses one without a repeat."""
     df = t.df
     if "U" not in df or not (df["D"] > df["U"] * 1.01).any():
-        raise ValueError("the data-constrained law needs unique tokens (U) and runs that repeat data (D > U)")
-    lN, D, U = np.log(df["N"].to_numpy(float)), df["D"].to_numpy(float), df["U"].to_numpy(float)
-    y = np.log(df["loss"].to_numpy(float))
-    R = np.maximum(D / U - 1, 0)
+        raise ValueError("the data-constrained law needs unique tokens (U: --unique-tokens COLUMN) and runs that "
+                         "repeat data (D > U)")
+    return (df["N"].to_numpy(float), df["D"].to_numpy(float), np.minimum(df["U"].to_numpy(float),
+            df["D"].to_numpy(float)), np.log(df["loss"].to_numpy(float)))
+
+
+def _effective(U, R, rstar):
+    """U + U R* (1 - exp(-R / R*)): repeated units are worth less, their value decaying with scale R*."""
+    return U + U * rstar * (1 - np.exp(-R / rstar))
+
+
+def _log_law(log_terms: list, y) -> np.ndarray:
+    m = np.maximum.reduce(log_terms)
+    return m + np.log(sum(np.exp(term - m) for term in log_terms)) - y
+
+
+def muennighoff(t: Table, base: Fit | None = None, n_boot: int = 200, seed: int = 0) -> Fit:
+    """Muennighoff et al. (2023) as published: L = E + A / N'^alpha + B / D'^alpha, with effective data
+    D' = U_D + U_D R*_D (1 - exp(-R_D / R*_D)), R_D = D / U_D - 1, and effective parameters
+    N' = U_N + U_N R*_N (1 - exp(-R_N / R*_N)), U_N = min(N, the compute-optimal N for U_D tokens), R_N = N / U_N - 1.
+    Stage 1 fits E, A, B and the shared exponent on the runs that repeat neither data nor parameters (D <= U and
+    N <= U_N; U_N depends on the stage-1 law, so the set is refitted until it stops changing); stage 2 fits R*_D
+    and R*_N with those fixed, on the other runs. The bootstrap resamples runs within each stage and refits both.
+    `base` is unused (the signature of the one-R* form)."""
+    N, D, U, y = _repetition(t)
+    lN, lD = np.log(N), np.log(D)
+    single = D <= U * 1.01
+
+    def stage1(th, w, rows):  # th = (e, a, b, alpha); analytic gradient of lse.objective, the exponent shared
+        value, g = lse.objective(np.array([th[1], th[2], th[3], th[3], th[0]]), np.stack([lN[rows], lD[rows]], 1),
+                                 y[rows], w, 2, True, lse.DELTA)
+        return value, np.array([g[4], g[0], g[1], g[2] + g[3]])
+
+    def stage2(th2, w, th1):  # th2 = (log R*_D, log R*_N)
+        e, a, b, alpha = th1
+        u_n = np.minimum(N, U * np.exp((a - b) / alpha))
+        n_eff = _effective(u_n, N / u_n - 1, np.exp(th2[1]))
+        d_eff = _effective(U, D / U - 1, np.exp(th2[0]))
+        r = _log_law([a - alpha * np.log(n_eff), b - alpha * np.log(d_eff), np.full(len(y), e)], y)
+        return float((w * lse.huber(r, lse.DELTA))[~first].sum())
+
+    starts = [np.array([e, a, b, al]) for e in (-1.0, 0.0, 1.0) for a in (0.0, 5.0, 10.0) for b in (0.0, 5.0, 10.0)
+              for al in (0.1, 0.3, 0.6)]
+    starts2 = [np.log([rd, rn]) for rd in (1.0, 5.0, 15.0, 50.0) for rn in (1.0, 5.0, 15.0, 50.0)]
+
+    def solve(objective, from_, w, *args, jac=False):
+        res = [minimize(objective, s0, args=(w, *args), method="L-BFGS-B", jac=jac, options=lse.LBFGS_OPTIONS)
+               for s0 in from_]
+        return min(res, key=lambda r: r.fun).x
+
+    first = single
+    for _ in range(10):  # the runs without excess parameters under the stage-1 law, to a fixed point
+        if first.sum() < 5:
+            raise ValueError(f"stage 1 of the data-constrained law needs 5 or more runs that repeat neither data nor "
+                             f"parameters; the table has {int(first.sum())} (--data-law one-rstar fits one R* to all "
+                             "runs at once)")
+        th1 = solve(stage1, starts, np.ones(int(first.sum())), first, jac=True)
+        within = single & (N <= 1.01 * U * np.exp((th1[1] - th1[2]) / th1[3]))
+        if (within == first).all():
+            break
+        first = within
+    if (~first).sum() < 2:
+        raise ValueError("stage 2 of the data-constrained law needs runs that repeat data or parameters")
+    th2 = solve(stage2, starts2, np.ones(len(y)), th1)
+    boots = []
+    rng = np.random.default_rng(seed)
+    for _ in range(n_boot):
+        c1 = lse.resample_counts(int(first.sum()), 1, rng)[0]
+        c2 = np.zeros(len(y))
+        c2[~first] = lse.resample_counts(int((~first).sum()), 1, rng)[0]
+        b1 = solve(stage1, [th1], c1, first, jac=True)
+        boots.append(np.concatenate([b1, solve(stage2, [th2], c2, b1)]))
+
+    def natural(th):
+        th = np.atleast_2d(th)
+        with np.errstate(over="ignore"):
+            return {"E": np.exp(th[:, 0]), "A": np.exp(th[:, 1]), "B": np.exp(th[:, 2]), "alpha": th[:, 3],
+                    "R_star_D": np.exp(th[:, 4]), "R_star_N": np.exp(th[:, 5])}
+
+    point = {k: v[0] for k, v in natural(np.concatenate([th1, th2])).items()}
+    samples = natural(np.array(boots)) if boots else {}
+    params = summarise(point, samples)
+    return Fit(form="muennighoff",
+               formula="L = E + A / N'^alpha + B / D'^alpha; D', N' decay repeated data (R*_D) and excess "
+                       "parameters (R*_N) (Muennighoff et al. 2023, two stages)",
+               params=params, n_points=len(y), warnings=identifiability(params, ["R_star_D", "R_star_N"]),
+               samples=samples)
+
+
+def muennighoff_one_rstar(t: Table, base: Fit, n_boot: int = 200, seed: int = 0) -> Fit:
+    """The simpler data-constrained form, all runs at once from the Chinchilla fit `base`:
+    L = E + A / N^alpha + B / D'^beta with D' = U + U R* (1 - exp(-R / R*)), R = D / U - 1."""
+    N, D, U, y = _repetition(t)
+    lN, R = np.log(N), np.maximum(D / U - 1, 0)
 
     def objective(th, w):
         e, a, alpha, b, beta, log_r = th
-        rstar = np.exp(log_r)
-        d_eff = U + U * rstar * (1 - np.exp(-R / rstar))
-        terms = np.stack([a - alpha * lN, b - beta * np.log(d_eff), np.full(len(y), e)])
-        m = terms.max(0)
-        pred = m + np.log(np.exp(terms - m).sum(0))
-        return float((w * lse.huber(pred - y, lse.DELTA)).sum())
+        r = _log_law([a - alpha * lN, b - beta * np.log(_effective(U, R, np.exp(log_r))), np.full(len(y), e)], y)
+        return float((w * lse.huber(r, lse.DELTA)).sum())
 
     p = {k: base.value(k) for k in ("E", "A", "alpha", "B", "beta")}
     start0 = [np.log(p["E"]), np.log(p["A"]), p["alpha"], np.log(p["B"]), p["beta"]]
@@ -275,6 +361,7 @@ def muennighoff(t: Table, base: Fit, n_boot: int = 200, seed: int = 0) -> Fit:
     point = {k: v[0] for k, v in natural(best.x).items()}
     samples = natural(boot) if boot is not None else {}
     params = summarise(point, samples)
-    return Fit(form="muennighoff", formula="L = E + A / N^alpha + B / D'^beta, D' = U + U R* (1 - exp(-R / R*))",
-               params=params, n_points=len(df), objective=float(best.fun),
+    return Fit(form="muennighoff_one_rstar",
+               formula="L = E + A / N^alpha + B / D'^beta, D' = U + U R* (1 - exp(-R / R*))",
+               params=params, n_points=len(y), objective=float(best.fun),
                warnings=identifiability(params, ["R_star"]), samples=samples)

@@ -59,7 +59,7 @@ def joint_law_refusal(df: pd.DataFrame) -> str | None:
             f"{df['N'].nunique()} distinct N and {df['D'].nunique()} distinct D")
 
 
-def _fit_forms(t: Table, n_boot: int, seed: int, method: str) -> tuple[dict, dict, dict]:
+def _fit_forms(t: Table, n_boot: int, seed: int, method: str, data_law: str = "two-stage") -> tuple[dict, dict, dict]:
     """Every form that applies to the table: (forms, skipped with reasons, extra tables of the IsoFLOP methods)."""
     forms, skipped, extra = {}, {}, {}
     df = t.df
@@ -80,17 +80,18 @@ def _fit_forms(t: Table, n_boot: int, seed: int, method: str) -> tuple[dict, dic
     front = _safe(skipped, "frontier", isoflop.approach1, t, n_boot=n_boot, seed=seed)
     if front:
         forms["frontier"], extra["frontier"] = front
-    if "budget" in df and df["budget"].notna().any():
-        sub = Table(df[df["budget"].notna()].reset_index(drop=True), t.source)
-        for how in ("parabola", "akima"):
-            r = _safe(skipped, f"isoflop_{how}", isoflop.approach2, sub, how, n_boot=n_boot, seed=seed)
-            if r:
-                forms[r[0].form], extra[f"isoflop_{how}"] = r
-    else:
-        skipped["isoflop"] = "no compute-budget column (budget / target_flops)"
-    if "chinchilla" in forms and "U" in df:
-        add(_safe(skipped, "muennighoff", laws.muennighoff, t, forms["chinchilla"], n_boot=min(n_boot, 200),
-                  seed=seed))
+    # budgets from the label column where it is filled, else from C clustered in log10 (analysis.isoflop.budgets)
+    sub = Table(df[df["budget"].notna()].reset_index(drop=True), t.source) if "budget" in df and \
+        df["budget"].notna().any() else t
+    noise = extrapolation.seed_noise(df)
+    for how in ("akima", "parabola"):
+        r = _safe(skipped, f"isoflop_{how}", isoflop.approach2, sub, how, n_boot=n_boot, seed=seed,
+                  rel_noise=noise["rel_sd"] if noise else None)
+        if r:
+            forms[r[0].form], extra[f"isoflop_{how}"] = r
+    law = laws.muennighoff if data_law == "two-stage" else laws.muennighoff_one_rstar
+    if "chinchilla" in forms:
+        add(_safe(skipped, law.__name__, law, t, forms["chinchilla"], n_boot=min(n_boot, 200), seed=seed))
     for name, f in forms.items():
         judge(f, FREE_PARAMETERS.get(name, 0 if name.startswith("isoflop") else 3))
     return forms, skipped, extra
@@ -98,7 +99,8 @@ def _fit_forms(t: Table, n_boot: int, seed: int, method: str) -> tuple[dict, dic
 
 # Free parameters per form, for the points-per-parameter warning (one-variable laws: 3; the frontier: 2 per line;
 # IsoFLOP fits rest on the budgets, which approach2 counts itself).
-FREE_PARAMETERS = {"chinchilla": 5, "kaplan_nd": 4, "kaplan_ns": 4, "muennighoff": 6, "frontier": 2}
+FREE_PARAMETERS = {"chinchilla": 5, "kaplan_nd": 4, "kaplan_ns": 4, "muennighoff": 6, "muennighoff_one_rstar": 6,
+                   "frontier": 2}
 
 
 def _warnings(df: pd.DataFrame, forms: dict) -> list[str]:
@@ -112,7 +114,8 @@ def _warnings(df: pd.DataFrame, forms: dict) -> list[str]:
     return out
 
 
-APPROACHES = {"frontier": "Approach 1 (compute frontier)", "isoflop_parabola": "Approach 2 (IsoFLOP minima)",
+# The variant of each approach that speaks for it: Approach 2 as Porian et al. (2024) published it.
+APPROACHES = {"frontier": "Approach 1 (compute frontier)", "isoflop_akima": "Approach 2 (IsoFLOP minima)",
               "chinchilla": "Approach 3 (joint law)"}
 
 
@@ -150,8 +153,8 @@ def _optimal(chin, c_max: float, budgets_beyond, scatter: predictive.Scatter | N
 
 
 def fit_all(t: Table, n_boot: int = laws.N_BOOT, seed: int = 0, holdout_above=None, holdout_top=None,
-            budgets_beyond=(10, 100, 1000), method: str = "fast") -> Analysis:
-    forms, skipped, extra = _fit_forms(t, n_boot, seed, method)
+            budgets_beyond=(10, 100, 1000), method: str = "fast", data_law: str = "two-stage") -> Analysis:
+    forms, skipped, extra = _fit_forms(t, n_boot, seed, method, data_law)
     chin = forms.get("chinchilla")
     extrap = _safe(skipped, "extrapolation", extrapolation.check, t, holdout_above, holdout_top,
                    n_boot=min(n_boot, 200), seed=seed)
@@ -204,12 +207,12 @@ def format_tables(result: Analysis) -> str:
 
 
 def build(results: str | Path, quiet: bool = True, n_boot: int = laws.N_BOOT, fmt: str = "png", holdout_above=None,
-          holdout_top=None, figures_only: bool = False, **load_kw) -> Analysis:
+          holdout_top=None, figures_only: bool = False, data_law: str = "two-stage", **load_kw) -> Analysis:
     """The whole analysis of a results folder (or table file): fit.json, plots/, report.md (only the figures
     with figures_only)."""
     folder = results_folder(results)
     t = load(results, **load_kw)
-    result = fit_all(t, n_boot=n_boot, holdout_above=holdout_above, holdout_top=holdout_top)
+    result = fit_all(t, n_boot=n_boot, holdout_above=holdout_above, holdout_top=holdout_top, data_law=data_law)
     figures = plots.all_figures(result, folder / "plots", fmt)
     if figures_only:
         return result
@@ -261,7 +264,7 @@ def answer(result: Analysis) -> list[str]:
     if chin is not None:
         out.append(f"- Joint law (Approach 3): alpha = {_interval(chin, 'alpha')}, beta = {_interval(chin, 'beta')}, "
                    f"a = beta / (alpha + beta) = {_interval(chin, 'a')}, E = {_interval(chin, 'E')}.")
-    for form in ("frontier", "isoflop_parabola"):
+    for form in ("frontier", "isoflop_akima"):
         if form in result.forms:
             out.append(f"- {APPROACHES[form]}: a = {_interval(result.forms[form], 'a')}.")
     e = result.extrapolation

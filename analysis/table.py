@@ -3,11 +3,14 @@
 Standard columns (the names `scaling collect` writes, so our own tables need no flags):
 
     N       model size: non-embedding parameters (ours); whatever convention the source used otherwise
+    U       unique tokens (--unique-tokens COLUMN), for the data-constrained law; ours: the column D
     D       training tokens used in the fit. For our tables this is `tokens` (tokens seen = steps x batch x
             seq_len), as in Hoffmann et al.; the unique-token budget stays in `U` (our column `D`).
     C       training compute in FLOPs. Ours: 6 N D. If absent it is computed as 6 N D.
     loss    final loss (ours: evaluation loss in nats per byte on the fixed validation set)
-    steps, group, seed, budget   optional
+    steps, group, seed   optional
+    budget      optional: a label (number or name) shared by the runs of one IsoFLOP budget; the budget's compute is
+                the geometric mean of its runs' C, never the label
     schedule    optional: the learning-rate schedule; a table that mixes schedules gets a warning in the report
 
 When only N and C are given, D = C / (6 N); when only D and C are given, N = C / (6 D). Rows with non-finite or non-positive N, D, C or loss, and rows
@@ -61,7 +64,7 @@ def read_any(path: str | Path) -> pd.DataFrame:
 def load(path: str | Path, n: str | None = None, d: str | None = None, c: str | None = None,
          loss: str | None = None, steps: str | None = None, group: str | None = None, seed: str | None = None,
          budget: str | None = None, best_per: tuple[str, ...] | None = None,
-         where: str | None = None) -> Table:
+         where: str | None = None, unique_tokens: str | None = None) -> Table:
     """Read a table and map its columns. best_per=("N", "D") keeps the lowest-loss row per (N, D), e.g. the
     best learning rate; `where` is a pandas query applied to the raw table first."""
     raw = read_any(path)
@@ -71,7 +74,7 @@ def load(path: str | Path, n: str | None = None, d: str | None = None, c: str | 
         except Exception as e:  # noqa: BLE001 -- pandas raises many kinds here
             raise TableError(f"--where {where!r} failed on {path}: {e}") from None
     return from_frame(raw, str(path), n=n, d=d, c=c, loss=loss, steps=steps, group=group, seed=seed,
-                      budget=budget, best_per=best_per, curves=_read_curves(path))
+                      budget=budget, best_per=best_per, curves=_read_curves(path), unique_tokens=unique_tokens)
 
 
 def results_folder(path: str | Path) -> Path:
@@ -100,7 +103,7 @@ def _pick(raw: pd.DataFrame, given: str | None, defaults: tuple[str, ...], what:
 
 
 def from_frame(raw: pd.DataFrame, source: str = "<frame>", n=None, d=None, c=None, loss=None, steps=None,
-               group=None, seed=None, budget=None, best_per=None, curves=None) -> Table:
+               group=None, seed=None, budget=None, best_per=None, curves=None, unique_tokens=None) -> Table:
     cols = {
         "N": _pick(raw, n, ("N", "params", "n_params"), "N", False),
         "D": _pick(raw, d, ("tokens", "D", "train_tokens", "training_tokens"), "D", False),
@@ -117,7 +120,10 @@ def from_frame(raw: pd.DataFrame, source: str = "<frame>", n=None, d=None, c=Non
     if cols["D"] is None and cols["C"] is None:
         raise TableError("the table needs D (training tokens) or C (FLOPs) besides N; name them with --d or --c")
     df = pd.DataFrame({k: raw[v].to_numpy() for k, v in cols.items() if v is not None})
-    if cols["D"] != "D" and "D" in raw.columns:
+    u = _pick(raw, unique_tokens, ("U",), "unique tokens", False)
+    if u is not None:
+        df["U"] = pd.to_numeric(raw[u], errors="coerce").to_numpy(float)
+    elif cols["D"] != "D" and "D" in raw.columns:
         df["U"] = raw["D"].to_numpy()  # our unique-token budget, when D is tokens seen
     for extra in ("epochs", "status", "run_id", "sweep", "lr", "model", "schedule"):
         if extra in raw.columns and extra not in df:
@@ -128,9 +134,11 @@ def from_frame(raw: pd.DataFrame, source: str = "<frame>", n=None, d=None, c=Non
         for status, count in df.loc[bad, "status"].astype(str).value_counts().items():
             excluded.append(f"{count} row(s) with status {status!r}")
         df = df[~bad]
-    for k in ("N", "D", "C", "loss", "budget"):
+    for k in ("N", "D", "C", "loss"):
         if k in df:
             df[k] = pd.to_numeric(df[k], errors="coerce").astype(float)
+    if "budget" in df and pd.to_numeric(df["budget"], errors="coerce").notna().all():
+        df["budget"] = pd.to_numeric(df["budget"]).astype(float)  # else names, which group runs all the same
     if "N" not in df:
         df["N"] = df["C"] / (6 * df["D"])  # IsoFLOP tables that give budget and tokens only (e.g. Llama 3)
     if "D" not in df:

@@ -131,6 +131,35 @@ def test_published_llama3_isoflop_exponent():
     fit, _ = isoflop.approach2(t, n_boot=100)
     assert fit.value("b") == pytest.approx(0.53, abs=0.03)
     assert fit.params["b"]["ci_low"] < 0.53 < fit.params["b"]["ci_high"]
+    # Porian et al.'s procedure: log-loss Akima, noise bootstrap, weighted least squares
+    porian, minima = isoflop.approach2(t, "akima", n_boot=1000)
+    assert porian.form == "isoflop_akima" and len(minima) == 10 and (minima["log_N_opt_sd"] > 0).all()
+    assert porian.value("b") == pytest.approx(0.53, abs=0.03)
+    assert porian.params["b"]["ci_low"] < 0.53 < porian.params["b"]["ci_high"]
+    # without the budget column the same 10 budgets come from clustering C
+    unlabelled, minima = isoflop.approach2(from_frame(raw[["N", "training_tokens", "validation_loss"]]), "akima")
+    assert len(minima) == 10 and unlabelled.value("b") == pytest.approx(porian.value("b"), abs=1e-9)
+
+
+def test_porian_noise_scale_is_their_refinedweb_setting():
+    assert isoflop.porian_noise(np.exp([2.0, 3.0, 5.0, 7.0, 8.0])) == pytest.approx(
+        [0.002, 0.002, np.sqrt(0.002 * 0.05), 0.05, 0.05])
+
+
+def test_budget_labels_group_runs_and_measured_compute_is_used():
+    rng = np.random.default_rng(0)
+    rows = []
+    for label, C in (("small", 1e18), ("medium", 1e19), ("large", 1e20)):
+        for N in np.geomspace(1e7, 1e9, 5):
+            c = C * np.exp(rng.normal(0, 0.03))  # the runs missed their target by a few percent
+            rows.append({"N": N, "C": c, "budget": label, "loss": 2 + 0.05 * np.log(N / 1e8) ** 2})
+    df = pd.DataFrame(rows)
+    t = from_frame(df)
+    assert list(t.df["budget"].unique()) == ["small", "medium", "large"]  # names kept, not turned into NaN
+    b = isoflop.budgets(t.df)
+    assert b.nunique() == 3
+    for label, g in t.df.groupby("budget"):
+        assert b[g.index].iloc[0] == pytest.approx(np.exp(np.log(g["C"]).mean()))
 
 
 def test_table_mapping_and_errors(tmp_path):

@@ -67,10 +67,10 @@ def test_the_report_leads_with_the_answer_and_warns_when_approaches_disagree(tmp
     assert "alpha =" in answer and "Held out the 10 runs of the largest budget" in answer
     assert "seed-to-seed standard deviation" in answer and answer.count("At C =") == 2
     chin = result.forms["chinchilla"]
-    far = Fit(form="isoflop_parabola", formula="", n_points=4,
+    far = Fit(form="isoflop_akima", formula="", n_points=4,
               params={"a": {"value": 0.9, "ci_low": 0.85, "ci_high": 0.95}})
     assert chin.params["a"]["ci_high"] < 0.85
-    warnings = report.disagreements({"chinchilla": chin, "isoflop_parabola": far})
+    warnings = report.disagreements({"chinchilla": chin, "isoflop_akima": far})
     assert len(warnings) == 1 and "Approach 2" in warnings[0] and "Approach 3" in warnings[0]
     assert report.disagreements({"chinchilla": chin}) == []
 
