@@ -13,6 +13,8 @@ predictive interval multiplies every bootstrap refit's prediction by exp(eps), e
   runs alone by backtests: refit on the runs below the 50th, 60th, 70th and 80th percentile of log C, predict the
   rest; drift^2 is the mean over backtest predictions at least 0.1 decade beyond their fit of
   max(0, e^2 - sd^2) / distance^2 (e: the log error of the backtest prediction, distance in decades of C).
+  Predictions of a backtest law that ran off to infinity are left out and counted; with none left the drift, and
+  so the interval, is unbounded.
 
 Calibrated on published runs split by compute (fit below a percentile, predict above; docs/methods.md): residual
 scatter alone covered 26% to 53% of Llama 3's larger IsoFLOP runs, whose residuals are small but whose
@@ -44,6 +46,7 @@ class Scatter:
     drift_per_decade: float  # growth of the law's error per decade of extrapolation in C; inf: backtests ran away
     c_fit_max: float  # the largest compute the law was fitted on
     backtests: int  # backtest predictions the drift was measured on
+    runaway: int = 0  # backtest predictions left out because the backtest law ran off to infinity
 
     def sd(self, C) -> np.ndarray:
         beyond = np.maximum(0.0, np.log10(np.asarray(C, float) / self.c_fit_max))
@@ -55,14 +58,15 @@ class Scatter:
         parts = [f"residual scatter {100 * self.residual_sd:.2f}%"]
         if self.seed_sd:
             parts.append(f"seed noise {100 * self.seed_sd:.2f}%")
+        runaway = f"; {self.runaway} more from backtest laws that ran away left out" if self.runaway else ""
         parts.append(f"extrapolation drift {100 * self.drift_per_decade:.2f}% per decade of C beyond "
-                     f"{self.c_fit_max:.3g} ({self.backtests} backtest predictions)" if self.backtests else
+                     f"{self.c_fit_max:.3g} ({self.backtests} backtest predictions{runaway})" if self.backtests else
                      "no extrapolation drift (too few runs to backtest)")
         return ", ".join(parts)
 
     def to_json(self) -> dict:
         return {"residual_sd": self.residual_sd, "seed_sd": self.seed_sd, "drift_per_decade": self.drift_per_decade,
-                "c_fit_max": self.c_fit_max, "backtests": self.backtests}
+                "c_fit_max": self.c_fit_max, "backtests": self.backtests, "runaway": self.runaway}
 
 
 def log_residuals(p: dict, df) -> np.ndarray:
@@ -76,8 +80,9 @@ def residual_sd(p: dict, df, n_params: int = N_CHINCHILLA_PARAMS) -> float:
     return float(np.sqrt((r ** 2).sum() / max(1, len(r) - n_params)))
 
 
-def drift(t: Table, sd: float, method: str = "fast") -> tuple[float, int]:
-    """(drift per decade, backtest predictions used): refit below compute percentiles, predict above."""
+def drift(t: Table, sd: float, method: str = "fast") -> tuple[float, int, int]:
+    """(drift per decade, backtest predictions used, predictions left out because their backtest law ran away):
+    refit below compute percentiles, predict above."""
     df = t.df
     logc = np.log10(df["C"].to_numpy(float))
     errors, distances = [], []
@@ -90,24 +95,25 @@ def drift(t: Table, sd: float, method: str = "fast") -> tuple[float, int]:
         errors.append(log_residuals(p, df[~below]))
         distances.append(logc[~below] - logc[below].max())
     if not errors:
-        return 0.0, 0
+        return 0.0, 0, 0
     e, d = np.concatenate(errors), np.concatenate(distances)
-    if not np.isfinite(e).all():  # a backtest law ran away: extrapolating this table is not supported
-        return float("inf"), len(e)
     far = d >= MIN_DRIFT_DECADES
-    if not far.any():
-        return 0.0, 0
+    finite = far & np.isfinite(e)
+    runaway = int((far & ~np.isfinite(e)).sum())  # a law whose exponent ran off: its predictions say nothing
+    if not finite.any():
+        return (float("inf") if runaway else 0.0), 0, runaway
     # the part of each error beyond the scatter, per decade, pooled as a root mean square
-    return float(np.sqrt(np.mean(np.maximum(e[far] ** 2 - sd ** 2, 0.0) / d[far] ** 2))), int(far.sum())
+    return float(np.sqrt(np.mean(np.maximum(e[finite] ** 2 - sd ** 2, 0.0) / d[finite] ** 2))), int(finite.sum()), \
+        runaway
 
 
 def scatter(t: Table, fit: Fit, seed_sd: float = 0.0, method: str = "fast") -> Scatter:
     """The scatter terms of a Chinchilla fit on table t."""
     p = {k: v["value"] for k, v in fit.params.items()}
     sd = residual_sd(p, t.df)
-    k, n = drift(t, max(sd, seed_sd), method)
+    k, n, runaway = drift(t, max(sd, seed_sd), method)
     return Scatter(residual_sd=sd, seed_sd=seed_sd, drift_per_decade=k, c_fit_max=float(t.df["C"].max()),
-                   backtests=n)
+                   backtests=n, runaway=runaway)
 
 
 def spread(loss_samples, s: Scatter, C: float, seed: int = 0) -> tuple[float, float]:
