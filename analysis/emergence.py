@@ -28,11 +28,11 @@ For one metric against one scale axis:
    model families of different compute efficiency gives, or a rise whose largest models fall back a little --
    needs: the points more than one 10-90% width below the midpoint (under 1.2% of the fitted rise) within
    floor + 2 SE but for one in ten (at least one when there are five or more; a family trained far more
-   efficiently than the rest, say),
-   at least two points significantly above the floor, a 10-90% width from `max_width` to
-   GRADUAL_MAX_WIDTH decades, the sigmoid beating the smooth form by delta-BIC >= 10 (strong evidence), and a
-   parametric-bootstrap p-value under the smooth form (datasets drawn from the fitted smooth curve plus its
-   residual scatter; p is the share whose delta-BIC reaches the observed one) that survives Holm's correction.
+   efficiently than the rest, say), at least two points significantly above the floor, a 10-90% width from
+   `max_width` to GRADUAL_MAX_WIDTH decades, the sigmoid beating the smooth form by delta-BIC >= 10 (very strong
+   evidence on Kass and Raftery's scale), and a parametric-bootstrap p-value under the smooth form (datasets
+   drawn from the fitted smooth curve plus its residual scatter; p is the share whose delta-BIC reaches the
+   observed one) that survives Holm's correction.
    A discontinuous metric flagged emergent whose continuous counterpart shows no sharp transition of its own
    (not emergent, break, unresolved, nor emergent before the correction) gets `metric artefact`.
 

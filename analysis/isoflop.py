@@ -12,10 +12,11 @@ profile is not bracketed) are dropped and reported. Two variants:
 * "akima", Porian et al. (2024) as published (formll/resolving-scaling-law-discrepancies, analysis.py): log loss
   Akima-interpolated in log N on 25 points per gap between sampled sizes; a noise bootstrap per budget (1,000
   copies of the losses, each loss plus Normal noise of sd 0.002 up to loss e^3, rising log-linearly to 0.05 at
-  e^7: their RefinedWeb setting; when the table has seed replicates, their measured relative sd times the loss); a budget whose noised minima fall at the edge in over half the copies is
-  dropped; the observation is the median noised minimum, its sd the sd of the noised log minima (at least 0.33
-  sampled gaps in log N) divided by the share of copies with a minimum inside; a = the slope of log N_opt on
-  log C by least squares weighted 1 / sd^2; its interval from refits on the i-th noised minimum of every budget.
+  e^7: their RefinedWeb setting; when the table has seed replicates, their measured relative sd times the
+  loss); a budget is dropped when its minimum, or that of over half the noised copies, falls at the edge; the
+  observation is the median noised minimum, its sd the sd of the noised log minima (at least 0.33 sampled gaps
+  in log N) divided by the share of copies with a minimum inside; a = the slope of log N_opt on log C by least
+  squares weighted 1 / sd^2; its interval from refits on the i-th noised minimum of every budget.
 * "parabola": a parabola in log N per budget; unweighted log-log fit; the bootstrap resamples runs within each
   budget.
 """
@@ -134,7 +135,7 @@ def _approach2_porian(groups: dict, n_points: int, n_boot: int, seed: int, rel_n
     boots = np.array([_fit_exponents(C, np.exp([r[2][i] for r in kept.values()]), sd) for i in range(draws)])
     names = ["a", "k_N", "b", "k_D"]
     params = summarise(dict(zip(names, (a, kn, b, kd))), {n: boots[:, i] for i, n in enumerate(names)})
-    warnings = [f"budget {c:.3g}: minimum at the edge of the sampled N in over half the noised copies; dropped"
+    warnings = [f"budget {c:.3g}: minimum at the edge of the sampled N (or in over half the noised copies); dropped"
                 for c in sorted(set(per) - set(kept))]
     if len(kept) < 3:
         warnings.append(f"only {len(kept)} budgets with a bracketed minimum: exponents rest on few points")

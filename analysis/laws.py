@@ -9,8 +9,9 @@
 * power(t, x):     L(X) = A X^-alpha (least squares in log space).
 * kaplan_nd(t):    L(N, D) = [(N_c / N)^(alpha_N / alpha_D) + D_c / D]^alpha_D  (Kaplan et al. 2020, eq. 1.5).
 * kaplan_ns(t):    L(N, S) = (N_c / N)^alpha_N + (S_c / S)^alpha_S  (Kaplan et al. eq. 1.6, S = steps).
-* muennighoff(t):  L = E + A / N^alpha + B / D'^beta with D' = U + U R* (1 - exp(-R / R*)), R = D / U - 1
-                   (Muennighoff et al. 2023: repeated tokens are worth less), when runs repeat data.
+* muennighoff(t):  L = E + A / N'^alpha + B / D'^alpha, effective data D' (decay scale R*_D) and effective
+                   parameters N' (R*_N), fitted in two stages (Muennighoff et al. 2023) when runs repeat data;
+                   muennighoff_one_rstar(t): the simpler L = E + A / N^alpha + B / D'^beta with one R* on D.
 
 Every fit returns an analysis.fit.Fit: params {name: (value, ci_low, ci_high)}, the bootstrap samples, and
 warnings.
