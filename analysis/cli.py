@@ -95,8 +95,7 @@ def _predict(t, args) -> int:
     chin = judge(laws.chinchilla(t, n_boot=args.n_boot), report.FREE_PARAMETERS["chinchilla"])
     for w in chin.warnings:
         print(f"warning: {w}", file=sys.stderr)
-    noise = extrapolation.seed_noise(t.df)
-    scatter = predictive.scatter(t, chin, noise["rel_sd"] if noise else 0.0)
+    scatter = predictive.scatter(t, chin, extrapolation.seed_sd(t.df))
     if args.n is not None:
         if args.d is None:
             print("scaling predict: --n needs --d", file=sys.stderr)

@@ -146,12 +146,14 @@ def _criteria(x, u, se, floor, theta, p, max_width) -> tuple[dict, float]:
     }, gap
 
 
-def _null_p(x: np.ndarray, u: np.ndarray, observed: float, n_sim: int, seed: int) -> float:
+def _null_p(x: np.ndarray, u: np.ndarray, n_sim: int, seed: int) -> float:
     """Parametric bootstrap under the smooth form: the share of datasets drawn from the fitted smooth curve plus
-    Gaussian noise of its residual scatter in which the sigmoid beats the smooth form by the observed delta-BIC."""
+    Gaussian noise of its residual scatter in which the sigmoid beats the smooth form by the observed delta-BIC
+    (both on the sigmoid grid, unrefined)."""
     fitted = smooth_curve(x, u)
     sd = float(np.sqrt(np.sum((u - fitted) ** 2) / max(len(u) - 3, 1)))
     _, basis = sigmoid_grid(x)
+    observed = grid_delta_bic(x, u, basis)
     rng = np.random.default_rng(seed)
     reached = sum(grid_delta_bic(x, fitted + sd * rng.standard_normal(len(u)), basis) >= observed
                   for _ in range(n_sim))
@@ -214,7 +216,7 @@ def detect(s: Series, n_boot: int = 400, seed: int = 0, max_width: float = MAX_W
         # scattered points (several model families) rarely does; the test of a broad rise is against the null
         # of the smooth form itself
         verdict = "gradual emergence"
-        p = _null_p(x, u, grid_delta_bic(x, u, sigmoid_grid(x)[1]), n_boot, seed)
+        p = _null_p(x, u, n_boot, seed)
     to_scale = (lambda v: -v) if s.axis == "loss" else (lambda v: 10 ** v)
     sign = 1 if s.higher_is_better else -1
     out.update({

@@ -36,6 +36,12 @@ def seed_noise(df: pd.DataFrame) -> dict | None:
             "runs": int(sizes[sizes >= 2].sum()), "dof": int(dof.sum()), "per_cell": per_cell}
 
 
+def seed_sd(df: pd.DataFrame) -> float:
+    """The pooled seed-to-seed sd of log loss (seed_noise), 0 without replicates."""
+    noise = seed_noise(df)
+    return noise["rel_sd"] if noise else 0.0
+
+
 def holdout_split(t: Table, above_flops: float | None = None, top_k: int | None = None):
     """(the table to fit, the held-out rows, a label saying what was held out)."""
     df = t.df.sort_values("C").reset_index(drop=True)

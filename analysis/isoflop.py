@@ -149,7 +149,7 @@ def _approach2_porian(groups: dict, n_points: int, n_boot: int, seed: int, rel_n
 def approach2(t: Table, how: str = "parabola", n_boot: int = 1000, seed: int = 0,
               rel_noise: float | None = None) -> tuple[Fit, pd.DataFrame]:
     """IsoFLOP minima and the power laws through them; rel_noise: the measured seed-to-seed sd of log loss, which
-    replaces Porian et al.'s noise scale in the "akima" variant."""
+    replaces Porian et al.'s noise scale in the "akima" variant (None or 0: no replicates, theirs is used)."""
     df = t.df.copy()
     df["budget"] = budgets(df)
     groups = {b: g for b, g in df.groupby("budget") if g["N"].nunique() >= 3}

@@ -44,23 +44,23 @@ def predicted_interval(fit: Fit, N: float, D: float, rel_sd: float = 0.0, seed: 
     each resample's prediction times exp(Normal(0, rel_sd)) (run-to-run noise in log loss)."""
     if not fit.samples:
         return float("nan"), float("nan")
-    pred = np.asarray(chinchilla_loss(fit.samples, N, D), float)
-    if not rel_sd:
-        return lse.interval(pred)
-    if not np.isfinite(rel_sd):  # the law's own backtests ran away: any loss is possible
-        return 0.0, float("inf")
-    return lse.interval(with_noise(pred, rel_sd, seed))
+    return noisy_interval(chinchilla_loss(fit.samples, N, D), rel_sd, seed)
 
 
 NOISE_DRAWS = 20  # noise draws per bootstrap resample: smooth interval ends from a few hundred resamples
 
 
-def with_noise(samples, rel_sd: float, seed: int = 0) -> np.ndarray:
-    """Bootstrap samples of a predicted loss, each times NOISE_DRAWS draws of exp(Normal(0, rel_sd)): one new run."""
+def noisy_interval(samples, rel_sd: float, seed: int = 0) -> tuple[float, float]:
+    """95% interval of bootstrap samples of a predicted loss, each times NOISE_DRAWS draws of
+    exp(Normal(0, rel_sd)) (one new run); rel_sd = 0: the samples' own interval; rel_sd = inf: unbounded."""
     samples = np.asarray(samples, float).reshape(-1, 1)
+    if not rel_sd:
+        return lse.interval(samples)
+    if not np.isfinite(rel_sd):  # the law's own backtests ran away: any loss is possible
+        return 0.0, float("inf")
     z = np.random.default_rng(seed).standard_normal((len(samples), NOISE_DRAWS))
-    with np.errstate(all="ignore"):  # an unbounded sd gives an unbounded interval
-        return (samples * np.exp(rel_sd * z)).ravel()
+    with np.errstate(all="ignore"):
+        return lse.interval(samples * np.exp(rel_sd * z))
 
 
 def _fit_and_bootstrap(objective, starts, n: int, n_boot: int, seed: int, bounds=None):

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from analysis import laws, lse
+from analysis import laws
 from analysis.fit import Fit
 from analysis.table import Table
 
@@ -118,8 +118,7 @@ def scatter(t: Table, fit: Fit, seed_sd: float = 0.0, method: str = "fast") -> S
 
 def spread(loss_samples, s: Scatter, C: float, seed: int = 0) -> tuple[float, float]:
     """95% predictive interval from bootstrap samples of a predicted loss at compute C (e.g. the optimal loss)."""
-    sd = float(s.sd(C))
-    return (0.0, float("inf")) if not np.isfinite(sd) else lse.interval(laws.with_noise(loss_samples, sd, seed))
+    return laws.noisy_interval(loss_samples, float(s.sd(C)), seed)
 
 
 def interval(fit: Fit, s: Scatter, N: float, D: float, C: float | None = None, seed: int = 0) -> tuple[float, float]:

@@ -83,10 +83,9 @@ def _fit_forms(t: Table, n_boot: int, seed: int, method: str, data_law: str = "t
     # budgets from the label column where it is filled, else from C clustered in log10 (analysis.isoflop.budgets)
     sub = Table(df[df["budget"].notna()].reset_index(drop=True), t.source) if "budget" in df and \
         df["budget"].notna().any() else t
-    noise = extrapolation.seed_noise(df)
     for how in ("akima", "parabola"):
         r = _safe(skipped, f"isoflop_{how}", isoflop.approach2, sub, how, n_boot=n_boot, seed=seed,
-                  rel_noise=noise["rel_sd"] if noise else None)
+                  rel_noise=extrapolation.seed_sd(df))
         if r:
             forms[r[0].form], extra[f"isoflop_{how}"] = r
     law = laws.muennighoff if data_law == "two-stage" else laws.muennighoff_one_rstar
@@ -158,10 +157,7 @@ def fit_all(t: Table, n_boot: int = laws.N_BOOT, seed: int = 0, holdout_above=No
     chin = forms.get("chinchilla")
     extrap = _safe(skipped, "extrapolation", extrapolation.check, t, holdout_above, holdout_top,
                    n_boot=min(n_boot, 200), seed=seed)
-    scatter = None
-    if chin is not None:
-        noise = extrapolation.seed_noise(t.df)
-        scatter = predictive.scatter(t, chin, noise["rel_sd"] if noise else 0.0)
+    scatter = predictive.scatter(t, chin, extrapolation.seed_sd(t.df)) if chin is not None else None
     return Analysis(table=t, forms=forms, skipped=skipped, extra=extra, scatter=scatter,
                     optimal=_optimal(chin, t.df["C"].max(), budgets_beyond, scatter) if chin else [],
                     extrapolation=extrap, warnings=_warnings(t.df, forms), n_boot=n_boot)

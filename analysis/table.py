@@ -137,8 +137,8 @@ def from_frame(raw: pd.DataFrame, source: str = "<frame>", n=None, d=None, c=Non
     for k in ("N", "D", "C", "loss"):
         if k in df:
             df[k] = pd.to_numeric(df[k], errors="coerce").astype(float)
-    if "budget" in df and pd.to_numeric(df["budget"], errors="coerce").notna().all():
-        df["budget"] = pd.to_numeric(df["budget"]).astype(float)  # else names, which group runs all the same
+    if "budget" in df and (as_number := pd.to_numeric(df["budget"], errors="coerce")).notna().all():
+        df["budget"] = as_number.astype(float)  # else names, which group runs all the same
     if "N" not in df:
         df["N"] = df["C"] / (6 * df["D"])  # IsoFLOP tables that give budget and tokens only (e.g. Llama 3)
     if "D" not in df:
