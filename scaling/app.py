@@ -79,6 +79,7 @@ def task(cfg: DictConfig) -> dict | list | None:
     from scaling import devices, train  # deliberately lazy: JAX starts here, after pinning (module docstring)
 
     devices.use_every_core()
+    devices.join()  # a run trained by several processes (Slurm tasks, or JAX_COORDINATOR_ADDRESS): one mesh
     try:
         result = train.run_cell(cfg)
     except ConfigError as e:

@@ -7,7 +7,10 @@ Per size: steady-state tokens/s (compilation excluded; several optimizer steps p
 over the local devices (scaling.devices) exactly as in training, `train.data_parallel=false` for one device),
 achieved FLOP/s under the hardware convention of scaling.sizes (6 N + attention + tied output projection per
 token; 6 N alone is the `model_gflops` column), compile time cold and from JAX's persistent cache,
-time to first step (model init + compile + first dispatch), and the fraction of the device's peak.
+time to first step (model init + compile + first dispatch), the fraction of the device's peak, and on a GPU
+the model FLOP utilisation (MFU: hardware FLOP/s over the datasheet's dense bfloat16 peak, whatever the compute
+dtype). Memory per device three ways: XLA's buffer assignment for one dispatch, scaling.memory's estimate, and on
+a GPU the allocator's peak.
 
 The peak: on a GPU, the datasheet's dense figure for the compute dtype (TF32 tensor cores for float32, since XLA
 runs float32 matmuls on them by default); on a CPU it is measured here, as the best of a large float32 matmul
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 import tempfile
 import time
@@ -29,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from scaling import devices, program, sizes, throughput
+from scaling import devices, memory, program, sizes, throughput
 from scaling import plan as plans
 from scaling.config import ConfigError
 from scaling.sweep_plan import compose
@@ -102,7 +106,7 @@ def bench_size(cfg, seconds: float, pack: int = 1) -> dict:
     t0 = time.perf_counter()
     prog = program.build(cfg, shape, 10_000, [(seed, 1e-4) for seed in range(pack)])
     state, train_chunk = prog.state, prog.train_chunk
-    tokens, active = throughput.random_chunk(shape, k, b, pack if pack > 1 else None)
+    tokens, active = prog.feed(*throughput.random_chunk(shape, k, b, pack if pack > 1 else None))
     t_compile = time.perf_counter()
     step = train_chunk.lower(state, tokens, active).compile()
     compile_cold = time.perf_counter() - t_compile
@@ -115,23 +119,38 @@ def bench_size(cfg, seconds: float, pack: int = 1) -> dict:
     compile_cached = time.perf_counter() - t_compile
     tok_s = throughput.steady_tokens_per_s(step, state, tokens, active, chunks=3, seconds=seconds)
     per_token = sizes.flops_per_token(shape)
+    ma, m = step.memory_analysis(), devices.mesh(cfg)
+    xla_bytes = (ma.argument_size_in_bytes + ma.output_size_in_bytes - ma.alias_size_in_bytes
+                 + ma.temp_size_in_bytes) if ma is not None else float("nan")
+    data, tensor = (m.shape["data"], m.shape["tensor"]) if m is not None else (1, 1)
+    estimate = memory.estimate(shape, b, data, tensor, cfg.train.fsdp, cfg.model.dtype, cfg.model.remat, pack)
+    stats = jax.local_devices()[0].memory_stats() or {}  # a GPU's allocator counts; a CPU has none
     return {"model": cfg.model.name, "N": sizes.count_params(shape)["N"], "n_layers": shape.n_layers,
             "d_model": shape.d_model, "batch_size": b, "seq_len": shape.seq_len, "dtype": cfg.model.dtype,
             "steps_per_dispatch": k, "pack": pack,
-            "devices": devices.device_count(b, cfg.train.data_parallel), "tokens_per_s": tok_s,
+            "devices": devices.environment(cfg)["devices"], "tokens_per_s": tok_s,
             "hardware_gflops": tok_s * per_token["flops_hardware"] / 1e9,
             "model_gflops": tok_s * 6 * sizes.count_params(shape)["N"] / 1e9, "compile_s": compile_cold,
-            "compile_cached_s": compile_cached, "time_to_first_step_s": first}
+            "compile_cached_s": compile_cached, "time_to_first_step_s": first,
+            "memory_xla_gib": xla_bytes / memory.GiB, "memory_estimate_gib": estimate.total / memory.GiB,
+            "memory_peak_gib": stats.get("peak_bytes_in_use", float("nan")) / memory.GiB}
+
+
+def _shown(x: float, spec: str) -> str:
+    return "-" if math.isnan(x) else format(x, spec)  # NaN: not measured on this device
 
 
 def to_markdown(rows: list[dict], device: str, peak_note: str) -> str:
     head = ("| size | N | layers x width | devices | tokens/s | hardware GFLOP/s | 6N GFLOP/s | fraction of peak | "
-            "compile s (cold / cached) | first step s |")
-    lines = [f"Device: {device}. Peak: {peak_note}.", "", head, "|" + "---|" * 10]
+            "MFU (bf16 datasheet) | GiB per device (XLA / estimate / peak used) | compile s (cold / cached) | "
+            "first step s |")
+    lines = [f"Device: {device}. Peak: {peak_note}.", "", head, "|" + "---|" * 12]
     for r in rows:
         lines.append(f"| {r['model']} | {r['N']:.2e} | {r['n_layers']} x {r['d_model']} | {r['devices']} | "
                      f"{r['tokens_per_s']:,.0f} | "
                      f"{r['hardware_gflops']:.1f} | {r['model_gflops']:.1f} | {r['fraction_of_peak']:.1%} | "
+                     f"{_shown(r['mfu_bf16'], '.1%')} | {_shown(r['memory_xla_gib'], '.3g')} / "
+                     f"{_shown(r['memory_estimate_gib'], '.3g')} / {_shown(r['memory_peak_gib'], '.3g')} | "
                      f"{r['compile_s']:.1f} / {r['compile_cached_s']:.1f} | {r['time_to_first_step_s']:.1f} |")
     return "\n".join(lines) + "\n"
 
@@ -163,13 +182,16 @@ def main(argv: list[str]) -> int:
     dev = jax.devices()[0]
     device = f"{devices.describe()} ({jax.local_device_count()} JAX device(s))"
     peak, note = device_peak(a.dtype, a.peak)
+    bf16_peak = next((p["bfloat16"] for key, p in GPU_PEAKS.items() if key in dev.device_kind), float("nan")) \
+        if dev.platform == "gpu" else float("nan")
     print(f"{device}; peak {peak / 1e9:,.1f} GFLOP/s ({note})", flush=True)
     rows = []
     for cfg in cfgs:
         r = bench_size(cfg, a.seconds, a.pack)
         # A CPU peak is measured on all cores at once; a GPU's datasheet peak is per device.
         total = peak * (r["devices"] if dev.platform == "gpu" else 1)
-        r.update(device=device, peak_gflops=total / 1e9, fraction_of_peak=r["hardware_gflops"] * 1e9 / total)
+        r.update(device=device, peak_gflops=total / 1e9, fraction_of_peak=r["hardware_gflops"] * 1e9 / total,
+                 mfu_bf16=r["hardware_gflops"] * 1e9 / (bf16_peak * r["devices"]))
         rows.append(r)
         print(f"  {r['model']}: {r['tokens_per_s']:,.0f} tokens/s, {r['hardware_gflops']:.1f} GFLOP/s "
               f"({r['fraction_of_peak']:.1%} of peak), compile {r['compile_s']:.1f} s", flush=True)

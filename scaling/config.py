@@ -38,6 +38,7 @@ class ModelConfig:
     seq_len: int = 128
     vocab: int = 256
     dtype: str = "float32"  # matmul dtype, one of DTYPES (parameters stay float32)
+    remat: bool = False  # recompute each block's activations in the backward pass (jax.checkpoint): less memory
 
 
 @dataclass
@@ -98,7 +99,10 @@ class TrainConfig:
     seeds: list[int] | None = None
     n_evals: int = 16  # log-spaced evaluation points, the last step always included
     steps_per_dispatch: int = 8  # optimizer steps fused into one jitted lax.scan call
-    data_parallel: bool = True  # split each batch over every local device (scaling.devices)
+    data_parallel: bool = True  # split each batch over the devices (scaling.devices); false: one device
+    devices: int | None = None  # devices to train on; null: as many as there are that split the batch evenly
+    fsdp: bool = False  # shard parameters and Adam state over the data axis too (fully-sharded data parallelism)
+    tensor_parallel: int = 1  # devices that split each block's matrices (the mesh's tensor axis)
     checkpoint_every_s: float = 60.0
     checkpoint_every_steps: int | None = None
     diverge_factor: float = 1.5  # loss above diverge_factor * ln(vocab) counts as diverged
@@ -128,6 +132,10 @@ NON_IDENTITY_KEYS = {
     "train.checkpoint_every_s",
     "train.checkpoint_every_steps",
     "train.data_parallel",
+    "train.devices",  # the mesh changes the order of float sums, not the run (scaling.devices)
+    "train.fsdp",
+    "train.tensor_parallel",
+    "model.remat",  # recomputation gives the same activations
     "data.cache_dir",
 }
 
@@ -245,6 +253,16 @@ def _validate_train(t, o) -> None:
     for k in lengths:
         _positive(t[k], f"train.{k}", int if k == "steps" else float)
     _positive(t.batch_size, "train.batch_size", int)
+    _positive(t.tensor_parallel, "train.tensor_parallel", int)
+    if t.devices is not None:
+        _positive(t.devices, "train.devices", int)
+        if t.devices % t.tensor_parallel:
+            raise ConfigError(f"train.devices ({t.devices}) must be a multiple of train.tensor_parallel "
+                              f"({t.tensor_parallel})")
+        if t.batch_size % (t.devices // t.tensor_parallel):
+            raise ConfigError(f"train.batch_size ({t.batch_size}) must split evenly over the "
+                              f"{t.devices // t.tensor_parallel} devices of the data axis (train.devices / "
+                              f"train.tensor_parallel)")
     _positive(t.steps_per_dispatch, "train.steps_per_dispatch", int)
     _positive(t.n_evals, "train.n_evals", int)
     _one_of(t.progress, "train.progress", PROGRESS_MODES)

@@ -19,7 +19,11 @@ import os
 import platform
 
 import jax
+import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from scaling import runs, sizes
+from scaling.config import ConfigError
 
 
 def usable_cores() -> int:
@@ -38,6 +42,33 @@ def use_every_core() -> None:
         jax.config.update("jax_num_cpu_devices", cores)
     except RuntimeError:  # JAX already started (it ran an operation before this call): keep its devices
         pass
+
+
+def join() -> None:
+    """Join the other processes of a run trained by several (before JAX's first operation): under Slurm with
+    more than one task (the submitit launcher's tasks_per_node or nodes), where jax.distributed reads the
+    coordinator, process count and process id from Slurm's environment, or where JAX_COORDINATOR_ADDRESS,
+    JAX_NUM_PROCESSES and JAX_PROCESS_ID say so. The mesh then spans every process's devices; on CPUs the
+    collectives go through gloo. Only the first process writes the run folder (scaling.runs.PRIMARY)."""
+    count = int(os.environ.get("JAX_NUM_PROCESSES") or os.environ.get("SLURM_NTASKS") or 1)
+    if count < 2 or jax.distributed.is_initialized():
+        return
+    if os.environ.get("JAX_COORDINATOR_ADDRESS"):
+        jax.distributed.initialize(num_processes=count, process_id=int(os.environ["JAX_PROCESS_ID"]))
+    else:
+        jax.distributed.initialize()
+    runs.PRIMARY = jax.process_index() == 0
+
+
+def agree(*flags: bool) -> tuple[bool, ...]:
+    """Each flag true if it is true in any process: decisions that start collective work (a checkpoint save, a
+    stop) must be the same in every process, or the ones that skip it leave the others waiting."""
+    if jax.process_count() == 1:
+        return flags
+    from jax.experimental import multihost_utils
+
+    every = multihost_utils.process_allgather(np.asarray(flags, dtype=np.int32))
+    return tuple(bool(x) for x in np.asarray(every).reshape(-1, len(flags)).any(axis=0))
 
 
 def describe() -> str:
@@ -69,35 +100,106 @@ def describe() -> str:
     return f"CPU {name}" + (f", {isa}" if isa else "") + f", {cores} core{'s' * (cores > 1)}"
 
 
-def environment(batch_size: int, data_parallel: bool = True) -> dict:
-    """Where a run trains, for its summary: the device, JAX's platform and the devices each batch is split over."""
-    return {"device": describe(), "platform": jax.default_backend(), "devices": device_count(batch_size, data_parallel)}
+def environment(cfg) -> dict:
+    """Where a run trains, for its summary: the device, JAX's platform, the devices and the mesh it trains on."""
+    m = mesh(cfg)
+    shape = dict(m.shape) if m is not None else {"data": 1, "tensor": 1}
+    return {"device": describe(), "platform": jax.default_backend(), "devices": m.size if m is not None else 1,
+            "mesh": shape, "fsdp": bool(cfg.train.fsdp), "processes": jax.process_count()}
 
 
-def data_mesh(batch_size: int, enabled: bool = True) -> Mesh | None:
-    """The devices a batch of this size is split over: as many local devices as divide it evenly; None for one."""
-    local = jax.local_devices()
-    n = max(d for d in range(1, len(local) + 1) if batch_size % d == 0) if enabled else 1
-    return Mesh(local[:n], ("batch",)) if n > 1 else None
+# ---- the mesh and the shardings --------------------------------------------------------------------------------
+# A (data, tensor) mesh. Batches are split over "data". Without train.fsdp the state is replicated over "data"
+# (plain data parallelism: each device holds it whole and XLA all-reduces the gradients); with it every parameter
+# and its Adam moments are split over "data" too (fully-sharded data parallelism, ZeRO-3: XLA all-gathers each
+# weight where it is used and reduce-scatters its gradient). "tensor" splits the matrices of every block as
+# scaling.sizes.param_table says (Megatron's split). XLA inserts every collective from these shardings: there
+# is no hand-written communication here.
+AXES = ("data", "tensor")
 
 
-def device_count(batch_size: int, enabled: bool = True) -> int:
-    mesh = data_mesh(batch_size, enabled)
-    return mesh.size if mesh else 1
+def mesh(cfg) -> Mesh | None:
+    """The mesh a run trains on, or None for one device. train.devices devices (default: as many as there are,
+    all processes together, that split the batch evenly), of which train.tensor_parallel form the tensor axis.
+    scaling.config.validate has checked that the numbers divide; here they meet the devices JAX sees."""
+    t, every = cfg.train.tensor_parallel, jax.devices()
+    if not cfg.train.data_parallel:
+        n = t
+    elif cfg.train.devices is not None:
+        n = cfg.train.devices
+    else:
+        n = t * max((d for d in range(1, len(every) // t + 1) if cfg.train.batch_size % d == 0), default=1)
+    if n > len(every):
+        raise ConfigError(f"train.devices={n} (train.tensor_parallel={t}) needs {n} devices; JAX sees "
+                          f"{len(every)} ({describe()})")
+    if n == 1:
+        return None
+    return Mesh(np.asarray(every[:n]).reshape(n // t, t), AXES)
 
 
-def replicated(mesh: Mesh) -> NamedSharding:
-    return NamedSharding(mesh, PartitionSpec())
+def replicated(m: Mesh) -> NamedSharding:
+    return NamedSharding(m, PartitionSpec())
 
 
-def split(mesh: Mesh, axis: int) -> NamedSharding:
-    """Arrays split along `axis` (their batch axis) over the mesh."""
-    return NamedSharding(mesh, PartitionSpec(*[None] * axis, "batch"))
+def split(m: Mesh, axis: int) -> NamedSharding:
+    """Arrays split along `axis` (their batch axis) over the data axis."""
+    return NamedSharding(m, PartitionSpec(*[None] * axis, "data"))
 
 
-def place(x, mesh: Mesh | None, axis: int):
-    """x split along `axis` over the mesh, or replicated when that axis does not divide evenly; x itself without a
-    mesh."""
-    if mesh is None:
+def _role(path) -> str:
+    """A state leaf's parameter name in scaling.sizes.param_table ('attn.qkv.kernel', 'embed.embedding', ...), or
+    '' for a counter. Adam's moments carry their parameter's path after 'mu' / 'nu'."""
+    keys = [str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path]
+    keys = [k for k in keys if k != "value"]
+    for i in range(len(keys)):
+        rest = keys[i:]
+        if rest[:1] == ["blocks"]:
+            rest = rest[2:]
+        name = ".".join(rest)
+        if name in _ROLES:
+            return name
+    return ""
+
+
+_ROLES = set(sizes.param_table(sizes.Shape(1, 1, 1, 1, 1)))
+
+
+def state_shardings(state, m: Mesh, fsdp: bool, shape: sizes.Shape, packed: bool):
+    """A NamedSharding for every leaf of a training state (a leading member axis when packed stays whole)."""
+    table = sizes.param_table(shape)
+    lead = 1 if packed else 0
+
+    def one(path, x):
+        role = _role(path)
+        if not role or x.ndim <= lead:
+            return replicated(m)
+        axes = sizes.split_axes(x.shape[lead:], table[role][2], m.shape["data"], m.shape["tensor"], fsdp)
+        return NamedSharding(m, PartitionSpec(*[None] * lead, *axes))
+
+    return jax.tree_util.tree_map_with_path(one, state)
+
+
+def state_bytes(state) -> int:
+    """The most bytes of a state that any one of this process's devices holds (FSDP divides it)."""
+    held: dict = {}
+    for x in jax.tree.leaves(state):
+        for shard in x.addressable_shards:
+            held[shard.device] = held.get(shard.device, 0) + shard.data.nbytes
+    return max(held.values(), default=0)
+
+
+def put(x, sharding: NamedSharding):
+    """x laid out as `sharding` says. With several processes every process holds the same host value and hands
+    JAX its own devices' pieces (a device_put cannot reach another process's devices)."""
+    if jax.process_count() == 1:
+        return jax.device_put(x, sharding)
+    host = np.asarray(x)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
+def place(x, m: Mesh | None, axis: int):
+    """x split along `axis` over the data axis, or replicated when that axis does not divide evenly; x itself
+    without a mesh."""
+    if m is None:
         return x
-    return jax.device_put(x, split(mesh, axis) if x.shape[axis] % mesh.size == 0 else replicated(mesh))
+    return put(x, split(m, axis) if x.shape[axis] % m.shape["data"] == 0 else replicated(m))

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from omegaconf import DictConfig
@@ -87,6 +88,7 @@ class Engine:
         self.step = self.end = 0
         self.elapsed0, self.resumed = 0.0, None
         self.timer = Timer(self.t_start)
+        self.processes = jax.process_count()
         log.info("%s: N=%s (non-embedding) layers=%d d_model=%d; D=%s; %d steps (%s); (seed, lr) %s",
                  folders[0].name if self.p == 1 else f"pack {home.name} of {self.p} runs", f"{self.plan.N:,}",
                  shape.n_layers, shape.d_model, f"{self.unique:,}", self.plan.steps, self.plan.length_source,
@@ -123,7 +125,7 @@ class Engine:
             runs.write_metrics(self.folders[0], [r for r in runs.read_metrics(self.fork.folder)[0] if r["step"] <= at])
         if at is not None:
             acc, self.elapsed0 = checkpoints.restore(source, at, self.prog.state, self.p)
-            self.prog.state = program.place_state(self.cfg, self.prog.state)
+            self.prog.state = self.prog.place(self.prog.state)
             self.step = self.end = int(at)
             self.sums, self.ns, self.bad = acc[0], acc[1], acc[2].astype(int)
             self.resumed = self.step if source is self.ckpt else None
@@ -141,7 +143,7 @@ class Engine:
 
     def _summaries(self) -> list[dict]:
         """Each member's summary at the start (status running), written to its folder."""
-        env = devices.environment(self.cfg.train.batch_size, self.cfg.train.data_parallel)
+        env = {**devices.environment(self.cfg), "state_bytes_per_device": devices.state_bytes(self.prog.state)}
         head = summary.head(self.cfg, self.plan, self.unique, self.corpus.fingerprint, env)
         out = []
         for cfg, folder, lr in zip(self.cfgs, self.folders, self.lrs):
@@ -163,11 +165,15 @@ class Engine:
             if pending is not None and not self._check(*pending):
                 return "diverged"
             pending = None
-            self.prog.state, losses = self.prog.train_chunk(self.prog.state, tokens, np.arange(plan.k) < n)
+            self.prog.state, losses = self.prog.train_chunk(self.prog.state,
+                                                             *self.prog.feed(tokens, np.arange(plan.k) < n))
             self.end = end = start + n
             every = tc.checkpoint_every_steps
             due = time.time() - t_ckpt > tc.checkpoint_every_s or bool(every and end % every == 0)
             signalled = stop.signal  # read once: a signal arriving later in this chunk waits for the next
+            if self.processes > 1:  # every process saves and stops together (scaling.devices.agree)
+                due, anywhere = devices.agree(due, bool(signalled))
+                signalled = signalled or ("SIGTERM (another process)" if anywhere else None)
             if not (end in plan.points or due or signalled):
                 pending = (start, n, losses)
                 continue

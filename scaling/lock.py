@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Self
 
+from scaling import runs
 from scaling.runs import HOST, LOCK
 
 log = logging.getLogger("scaling.lock")
@@ -29,6 +30,8 @@ class RunLock:
         self.path, self._ino, self._stop = Path(folder) / LOCK, None, threading.Event()
 
     def __enter__(self) -> Self:
+        if not runs.PRIMARY:  # the first process of a multi-process run holds it for all of them
+            return self
         self.path.parent.mkdir(parents=True, exist_ok=True)
         waited = False
         while not self._create():
@@ -49,6 +52,8 @@ class RunLock:
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
+        if self._ino is None:
+            return
         try:
             if os.stat(self.path).st_ino == self._ino:
                 os.unlink(self.path)

@@ -67,20 +67,38 @@ class Block(nnx.Module):
         return x + self.mlp(self.norm2(x))
 
 
+def remat_blocks(blocks, x):
+    """The blocks applied in turn with their activations recomputed in the backward pass (jax.checkpoint): each
+    block keeps only its input, and one block's activations are rebuilt at a time, for a second forward pass (a
+    third more compute); scaling.memory estimates the saving. The blocks' parameters are stacked and scanned
+    over, because in a Python loop XLA may schedule every recomputation at once and keep them all (measured on
+    XLA:CPU: no saving at all); a scan's backward rebuilds one block per iteration. Same numbers as the loop."""
+    graphdef = nnx.graphdef(blocks[0])
+    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *(nnx.state(b) for b in blocks))
+
+    def body(x, params):
+        return jax.checkpoint(lambda params, x: nnx.merge(graphdef, params)(x))(params, x), None
+
+    return jax.lax.scan(body, x, stacked)[0]
+
+
 class Transformer(nnx.Module):
-    def __init__(self, s: Shape, rngs: nnx.Rngs, dtype: str = "float32"):
+    def __init__(self, s: Shape, rngs: nnx.Rngs, dtype: str = "float32", remat: bool = False):
         dt = DTYPES[dtype]
         self.embed = nnx.Embed(s.vocab, s.d_model, embedding_init=nnx.initializers.normal(0.02), rngs=rngs)
         self.pos = nnx.Embed(s.seq_len, s.d_model, embedding_init=nnx.initializers.normal(0.01), rngs=rngs)
         self.blocks = nnx.List([Block(s, dt, rngs) for _ in range(s.n_layers)])
         self.norm = nnx.LayerNorm(s.d_model, rngs=rngs)
-        self.dtype = dt
+        self.dtype, self.remat = dt, remat
 
     def __call__(self, tokens):
         """tokens: int (batch, time) -> logits float32 (batch, time, vocab)."""
         x = self.embed(tokens) + self.pos.embedding[None, : tokens.shape[1]]
-        for block in self.blocks:
-            x = block(x)
+        if self.remat:
+            x = remat_blocks(self.blocks, x)
+        else:
+            for block in self.blocks:
+                x = block(x)
         x = self.norm(x)
         # Tied output projection; logits in float32 for a stable softmax.
         return (x.astype(self.dtype) @ self.embed.embedding.T.astype(self.dtype)).astype(jnp.float32)

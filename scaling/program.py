@@ -3,7 +3,8 @@
 The NNX model and optimizer are split once into (graphdef, state); the jitted train_chunk takes the state and
 a stack of k batches and runs k optimizer steps in a lax.scan, so Python dispatch is paid once per k steps.
 Packed runs (scaling.packing) stack their states along a leading member axis and vmap every function over it.
-With several local devices, XLA partitions each program over a data-parallel mesh (scaling.devices).
+With several devices, XLA partitions each program over the run's mesh (scaling.devices): data parallel, fully
+sharded (train.fsdp) and tensor parallel (train.tensor_parallel).
 """
 
 from __future__ import annotations
@@ -28,13 +29,19 @@ class Program:
         donated; packed: tokens (members, k, batch, seq+1), losses (members, k).
     eval_loss(state, windows (m, b, seq+1)) -> mean loss in nats per token (packed: one per member).
     probe_logprobs(state, rows) -> log-probability of each next token and whether it is the argmax.
-    lr_fns: the learning rate at each step, one function per member."""
+    lr_fns: the learning rate at each step, one function per member.
+    place(state) -> the state (restored from a checkpoint) on the run's mesh: replicated over the data axis, or
+        sharded (train.fsdp, train.tensor_parallel); unchanged on one device.
+    feed(tokens, active) -> the two host arrays laid out as train_chunk expects (with several processes a jitted
+        function takes only arrays already spread over the global mesh)."""
 
     state: object
     train_chunk: Callable
     eval_loss: Callable
     probe_logprobs: Callable
     lr_fns: list[Callable]
+    place: Callable
+    feed: Callable
 
 
 def enable_compilation_cache(cache_dir: str | None) -> None:
@@ -84,7 +91,7 @@ def build(cfg: DictConfig, shape: sizes.Shape, steps: int, members: list[tuple[i
     packed = len(members) > 1
 
     def init(seed: int, lr: float):
-        model = Transformer(shape, nnx.Rngs(seed), cfg.model.dtype)
+        model = Transformer(shape, nnx.Rngs(seed), cfg.model.dtype, cfg.model.remat)
         tx, lr_fn = make_optimizer(cfg.optim, lr, steps, peak_in_state=packed)
         return (*nnx.split((model, nnx.Optimizer(model, tx, wrt=nnx.Param))), lr_fn)
 
@@ -95,22 +102,22 @@ def build(cfg: DictConfig, shape: sizes.Shape, steps: int, members: list[tuple[i
     if packed:
         train_chunk = jax.vmap(train_chunk, in_axes=(0, 0, None))
         eval_loss, probe_logprobs = (jax.vmap(f, in_axes=(0, None)) for f in (eval_loss, probe_logprobs))
-    mesh = devices.data_mesh(cfg.train.batch_size, cfg.train.data_parallel)
+    mesh = devices.mesh(cfg)
     if mesh is None:
         return Program(state, jax.jit(train_chunk, donate_argnums=0), jax.jit(eval_loss), jax.jit(probe_logprobs),
-                       lr_fns)
-    # XLA partitions each program over the mesh from these shardings and sums the gradients across devices.
+                       lr_fns, lambda state: state, lambda tokens, active: (tokens, active))
+    # XLA partitions each program over the mesh from these shardings and inserts the collectives (scaling.devices).
     rep = devices.replicated(mesh)
+    state_sh = devices.state_shardings(state, mesh, cfg.train.fsdp, shape, packed)
     batch_axis = 2 if packed else 1  # tokens (k, batch, seq + 1), packed (members, k, batch, seq + 1)
-    chunk_fn = jax.jit(train_chunk, in_shardings=(rep, devices.split(mesh, batch_axis), rep),
-                       out_shardings=rep, donate_argnums=0)
-    eval_fn, probe_fn = jax.jit(eval_loss), jax.jit(probe_logprobs)
-    return Program(jax.device_put(state, rep), chunk_fn,
-                   lambda state, val: eval_fn(state, devices.place(val, mesh, 1)),
-                   lambda state, rows: probe_fn(state, devices.place(rows, mesh, 0)), lr_fns)
+    chunk_fn = jax.jit(train_chunk, in_shardings=(state_sh, devices.split(mesh, batch_axis), rep),
+                       out_shardings=(state_sh, rep), donate_argnums=0)
+    # Evaluations come back replicated, so that every process can read them.
+    eval_fn, probe_fn = jax.jit(eval_loss, out_shardings=rep), jax.jit(probe_logprobs, out_shardings=rep)
 
+    def place(state):
+        return jax.tree.map(devices.put, state, state_sh)
 
-def place_state(cfg: DictConfig, state):
-    """A restored state put where build() keeps it: replicated over the data-parallel devices, if any."""
-    mesh = devices.data_mesh(cfg.train.batch_size, cfg.train.data_parallel)
-    return state if mesh is None else jax.device_put(state, devices.replicated(mesh))
+    return Program(place(state), chunk_fn, lambda state, val: eval_fn(state, devices.place(val, mesh, 1)),
+                   lambda state, rows: probe_fn(state, devices.place(rows, mesh, 0)), lr_fns, place,
+                   lambda tokens, active: (devices.place(tokens, mesh, batch_axis), devices.put(active, rep)))

@@ -18,6 +18,8 @@
 Status values: running, completed, diverged, interrupted, failed. A run whose summary still says "running"
 was killed without a chance to write (kill -9, node loss): relaunching resumes it like an interrupted one.
 Every JSON file is replaced atomically (written aside, then renamed), so a kill never leaves half of one.
+When several processes train one run (jax.distributed, scaling.devices.join), only the first writes the folder
+and takes its lock; the others compute their shards and write theirs into its checkpoints through Orbax.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ HOST = socket.gethostname()
 CONFIG, METRICS, PROGRESS, SUMMARY, ERROR = "config.yaml", "metrics.jsonl", "progress.json", "summary.json", "error.txt"
 CKPT, FORKS, LOCK = "ckpt", "forks", "lock"
 NOT_RUNS = {"plots", "reference", "trunks", "packs"}  # folders of a sweep that hold no run of their own
+
+PRIMARY = True  # False in every process but the first of a multi-process run: it writes nothing here
 
 FINISHED = {"completed", "diverged"}  # never retrained
 RESUMABLE = {"running", "interrupted"}  # resumed from the latest checkpoint
@@ -115,12 +119,16 @@ def is_settled(summary: dict | None, rerun_failed: bool) -> bool:
 
 def prepare(folder: Path, cfg: DictConfig) -> None:
     """Create the run folder and write its resolved config."""
+    if not PRIMARY:
+        return
     folder.mkdir(parents=True, exist_ok=True)
     (folder / CONFIG).write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
 
 def record_failure(folder: Path, e: Exception) -> None:
     """Mark a run failed, with the traceback being handled in error.txt (rerun only with rerun_failed=true)."""
+    if not PRIMARY:
+        return
     try:
         (folder / ERROR).write_text(traceback.format_exc())
         summary = read_summary(folder) or {}
@@ -161,10 +169,14 @@ def read_metrics(folder: Path) -> tuple[list[dict], list[int]]:
 
 
 def write_metrics(folder: Path, rows: list[dict]) -> None:
+    if not PRIMARY:
+        return
     (folder / METRICS).write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
 def append_metrics(folder: Path, row: dict) -> None:
+    if not PRIMARY:
+        return
     with (folder / METRICS).open("a") as f:
         f.write(json.dumps(row) + "\n")
 
@@ -207,6 +219,8 @@ def _progress_step(path: Path) -> int:
 
 def write_json_atomic(path: Path, obj) -> None:
     """Write via a temporary file and rename, so a kill never leaves half a file."""
+    if not PRIMARY:
+        return
     tmp = path.with_name(path.name + f".tmp.{HOST}.{os.getpid()}")
     tmp.write_text(json.dumps(obj, indent=1, default=_plain))
     os.replace(tmp, path)

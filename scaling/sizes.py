@@ -29,6 +29,14 @@ sample five sizes near its optimum: ``sNNa`` is sNN widened by 8 (same depth), `
 N grows by about 2x per fine step from s01 to s02 (3.2e3, 7.4e3, 1.4e4, 2.5e4) and by 1.14x to 1.55x from s02 to
 s08 (s02, s02a, s02b, s03: 2.5e4, 3.9e4, 5.8e4, 8.4e4). Heads follow the same
 rule as the ladder, using the largest count that divides the width (s03a, 56 wide: two heads of 28).
+
+The large ladder (s13 ... s19, 2.5e7 to 1.1e9 non-embedding parameters) is for accelerators: d_model = 64 x
+n_layers with 64-wide heads (n_heads = n_layers), d_ff = 4 d_model. Keeping aspect 16 would make 1e9 a stack of
+69 layers 1,104 wide, whose sequential layers and narrow matrices fill a GPU poorly; at fixed N, loss varies by a
+few per cent at most for aspect ratios from about 20 to 200 (Kaplan et al. 2020, Figure 5), and 64 is GPT-3
+Small's (768 / 12) with GPT-3's head width. s12 already has 64-wide heads, so head width is constant from s12 up.
+Per parameter, ``param_table`` lists shape and the axis tensor parallelism splits; counts, sharding
+(scaling.devices) and per-device memory (scaling.memory) all read it.
 """
 
 from __future__ import annotations
@@ -41,7 +49,12 @@ MAX_HEADS = 4
 MIN_HEAD_DIM = 16
 FFN_MULT = 4
 LADDER_DEPTHS = (1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 16)
-SIZE_NAMES = tuple(f"s{i + 1:02d}" for i in range(len(LADDER_DEPTHS)))
+LARGE_DEPTHS = (8, 10, 12, 16, 20, 24, 28)  # s13 ... s19
+LARGE_ASPECT_RATIO = 64  # d_model / n_layers of the large ladder
+LARGE_HEAD_DIM = 64
+SMALL_NAMES = tuple(f"s{i + 1:02d}" for i in range(len(LADDER_DEPTHS)))
+LARGE_NAMES = tuple(f"s{len(SMALL_NAMES) + i + 1:02d}" for i in range(len(LARGE_DEPTHS)))
+SIZE_NAMES = SMALL_NAMES + LARGE_NAMES
 FINE_RANGE = ("s01", "s08")  # the ladder sizes between which the fine sizes sit
 FINE_NAMES = tuple(
     f"{name}{step}" for name in SIZE_NAMES[SIZE_NAMES.index(FINE_RANGE[0]):SIZE_NAMES.index(FINE_RANGE[1])]
@@ -78,6 +91,10 @@ def ladder_shape(name: str, seq_len: int = 128, vocab: int = 256) -> Shape:
     if name not in ALL_SIZE_NAMES:
         raise ValueError(f"unknown model size {name!r}; allowed: {', '.join(SIZE_NAMES)}, "
                          f"and {FINE_NAMES[0]} ... {FINE_NAMES[-1]} ({', '.join(FINE_NAMES)})")
+    if name in LARGE_NAMES:
+        depth = LARGE_DEPTHS[LARGE_NAMES.index(name)]
+        d_model = LARGE_ASPECT_RATIO * depth
+        return Shape(depth, d_model, d_model // LARGE_HEAD_DIM, FFN_MULT * d_model, seq_len, vocab)
     base, step = name[:3], name[3:]
     depth = LADDER_DEPTHS[SIZE_NAMES.index(base)]
     d_model = ASPECT_RATIO * depth + (8 if step else 0)
@@ -91,16 +108,50 @@ def ladder_heads(d_model: int) -> int:
     return next(h for h in range(most, 0, -1) if d_model % h == 0)
 
 
+# Parameters of scaling.model.Transformer by their place in it: (shape, copies, the axis tensor parallelism
+# splits or None). Megatron's split (Shoeybi et al. 2019): the qkv and MLP-up matrices by output columns, the
+# attention-output and MLP-down matrices by input rows, so each block needs one reduction forward and one backward.
+EMBEDDINGS = ("embed.embedding", "pos.embedding")
+
+
+def param_table(s: Shape) -> dict[str, tuple[tuple[int, ...], int, int | None]]:
+    d, f, L = s.d_model, s.d_ff, s.n_layers
+    return {
+        "embed.embedding": ((s.vocab, d), 1, None),  # tied with the output projection
+        "pos.embedding": ((s.seq_len, d), 1, None),
+        "attn.qkv.kernel": ((d, 3 * d), L, 1),  # fused qkv, no biases
+        "attn.out.kernel": ((d, d), L, 0),
+        "mlp.up.kernel": ((d, f), L, 1),
+        "mlp.up.bias": ((f,), L, 0),
+        "mlp.down.kernel": ((f, d), L, 0),
+        "mlp.down.bias": ((d,), L, None),
+        "norm1.scale": ((d,), L, None), "norm1.bias": ((d,), L, None),  # pre-norms
+        "norm2.scale": ((d,), L, None), "norm2.bias": ((d,), L, None),
+        "norm.scale": ((d,), 1, None), "norm.bias": ((d,), 1, None),  # final norm
+    }
+
+
+def split_axes(shape: tuple[int, ...], tensor_axis: int | None, data: int, tensor: int,
+               fsdp: bool) -> list[str | None]:
+    """The mesh axis each axis of a parameter (or of its Adam moments) is split over: its tensor axis over "tensor"
+    when that divides evenly, and under FSDP its largest other axis that divides evenly over "data"; None: whole.
+    scaling.devices lays the state out by this rule and scaling.memory counts bytes by it."""
+    axes: list[str | None] = [None] * len(shape)
+    if tensor_axis is not None and tensor > 1 and shape[tensor_axis] % tensor == 0:
+        axes[tensor_axis] = "tensor"
+    if fsdp and data > 1:
+        free = [a for a in range(len(shape)) if axes[a] is None and shape[a] % data == 0]
+        if free:
+            axes[max(free, key=lambda a: shape[a])] = "data"
+    return axes
+
+
 def count_params(s: Shape) -> dict:
     """Exact parameter counts of scaling.model.Transformer, split by convention."""
-    d = s.d_model
-    attention = d * 3 * d + d * d  # fused qkv and output projections, no biases
-    mlp = d * s.d_ff + s.d_ff + s.d_ff * d + d  # two linear layers with biases
-    norms = 2 * 2 * d  # two pre-norms (scale and bias)
-    per_layer = attention + mlp + norms
-    non_embedding = s.n_layers * per_layer + 2 * d  # + final norm
-    embedding = s.vocab * d + s.seq_len * d  # token (tied with the output) + position
-    return {"N": non_embedding, "N_embedding": embedding, "N_total": non_embedding + embedding}
+    sizes = {name: math.prod(shape) * copies for name, (shape, copies, _) in param_table(s).items()}
+    embedding = sum(sizes[name] for name in EMBEDDINGS)  # token (tied with the output) + position
+    total = sum(sizes.values())
+    return {"N": total - embedding, "N_embedding": embedding, "N_total": total}
 
 
 def flops_per_token(s: Shape) -> dict:

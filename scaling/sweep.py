@@ -19,17 +19,19 @@ import time
 from pathlib import Path
 
 from analysis import report
-from scaling import collect, runs
+from scaling import collect, memory, runs
 from scaling.config import ConfigError
 from scaling.progress import SweepProgress
 from scaling.sweep_file import as_launched, cells, hydra_value, load_sweep
 from scaling.sweep_plan import PlannedRun, plan, print_plan
 
-USAGE = """usage: scaling {command} SWEEP.yaml [hydra overrides]{extra}
+USAGE = """usage: scaling {command} SWEEP.yaml [--devices N] [--device-memory GIB] [hydra overrides]{extra}
 
   scaling plan SWEEP.yaml     every run of the sweep: N, tokens, steps, FLOPs, status (no JAX, no training)
   scaling plan SWEEP.yaml --time   the same with estimated times (measures each shape's throughput here)
-  scaling sweep SWEEP.yaml    train what is missing, then collect, fit, plot and report into results/<name>/"""
+  scaling sweep SWEEP.yaml    train what is missing, then collect, fit, plot and report into results/<name>/
+  Each run's memory per device is estimated (scaling.memory) for this machine, or for --devices devices of
+  --device-memory GiB each; a plan that cannot fit is refused in one line that says what would fit."""
 
 
 def largest_first(g: dict, work: dict) -> dict:
@@ -160,12 +162,14 @@ def cli(command: str, argv: list[str]) -> int:
         print(USAGE.format(command=command, extra="").splitlines()[0], file=sys.stderr)
         return 2
     try:
+        argv, target = _target(argv)
         spec = load_sweep(argv[0])
         rows = plan(spec, argv[1:])
+        described = memory.check(rows, *target)
         if command == "plan":
             if timed:
                 estimate_times(rows)
-            print_plan(spec["name"], rows)
+            print_plan(spec["name"], rows, described)
             return 0
         return _sweep(spec, argv[1:], rows)
     except ConfigError as e:
@@ -178,6 +182,26 @@ def cli(command: str, argv: list[str]) -> int:
         print(f"scaling {command}: {e.strerror or e}: {e.filename or ''}; finished runs are kept, relaunch "
               "once it is fixed", file=sys.stderr)
         return 1
+
+
+def _target(argv: list[str]) -> tuple[list[str], tuple[int | None, float | None]]:
+    """argv without --devices N and --device-memory GIB, and those two values (None where not given)."""
+    values, rest, it = {"--devices": None, "--device-memory": None}, [], iter(argv)
+    for a in it:
+        key, eq, value = a.partition("=")
+        if key in values:
+            value = value if eq else next(it, "")
+            try:
+                values[key] = float(value)
+                if values[key] <= 0 or (key == "--devices" and not values[key].is_integer()):
+                    raise ValueError
+            except ValueError:
+                raise ConfigError(f"{key} needs a positive {'integer' if key == '--devices' else 'number'}, "
+                                  f"got {value!r}") from None
+        else:
+            rest.append(a)
+    devices, gib = values["--devices"], values["--device-memory"]
+    return rest, (int(devices) if devices else None, gib * 2**30 if gib else None)
 
 
 def writable(folder: Path) -> None:

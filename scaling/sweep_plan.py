@@ -37,6 +37,7 @@ class PlannedRun:
     trunk: Path | None = None  # a WSD branch's trunk folder
     fork: int | None = None  # the trunk step it branches off at
     est_s: float | None = None  # estimated seconds to train (scaling plan --time)
+    memory: object = None  # scaling.memory.Memory per device, set by scaling.memory.check
 
     @property
     def C(self) -> float:
@@ -104,15 +105,16 @@ def plan(spec: dict, extra: list[str]) -> list[PlannedRun]:
     return [row for c in cells(spec, extra) for row in describe(c)]
 
 
-def print_plan(name: str, rows: list[PlannedRun]) -> None:
-    print(f"sweep {name}: {len(rows)} cells")
+def print_plan(name: str, rows: list[PlannedRun], target: str = "") -> None:
+    print(f"sweep {name}: {len(rows)} cells" + (f"; memory per device for {target} (scaling.memory)" if target else ""))
     print(f"{'#':>3} {'model':6} {'N':>9} {'unique':>9} {'steps':>7} {'tokens':>9} {'C (6ND)':>9} {'est. s':>7}"
-          "  status")
+          f" {'GiB/dev':>7}  status")
     for i, r in enumerate(rows, 1):
         unique = "all" if r.unique_tokens is None else f"{r.unique_tokens:.3g}"
         est = f"{r.est_s:.0f}" if r.est_s is not None else "-"
-        print(f"{i:>3} {r.model:6} {r.N:>9.3g} {unique:>9} {r.steps:>7} {r.tokens:>9.3g} {r.C:>9.3g} {est:>7}  "
-              f"{r.status}")
+        mem = f"{r.memory.total / 2**30:.3g}" if r.memory is not None else "-"
+        print(f"{i:>3} {r.model:6} {r.N:>9.3g} {unique:>9} {r.steps:>7} {r.tokens:>9.3g} {r.C:>9.3g} {est:>7} "
+              f"{mem:>7}  {r.status}")
     todo = [r for r in rows if r.status != "completed"]
     total = sum(r.est_s or 0 for r in todo)
 

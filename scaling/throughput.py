@@ -36,7 +36,7 @@ def measure(cfg: DictConfig, chunks: int = 3) -> float:
     program.enable_compilation_cache(cfg.data.cache_dir)
     shape = plans.shape_of(cfg)
     prog = program.build(cfg, shape, 1000, [(cfg.train.seed, 1e-3)])
-    tokens, active = random_chunk(shape, cfg.train.steps_per_dispatch, cfg.train.batch_size)
+    tokens, active = prog.feed(*random_chunk(shape, cfg.train.steps_per_dispatch, cfg.train.batch_size))
     state, losses = prog.train_chunk(prog.state, tokens, active)  # compile
     losses.block_until_ready()
     return steady_tokens_per_s(prog.train_chunk, state, tokens, active, chunks)

@@ -134,3 +134,34 @@ def _summary(path: Path) -> dict | None:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_slurm_job_of_two_tasks_trains_one_sharded_run(tmp_path, cache_dir, slurm_env, make_cfg):
+    """hydra.launcher.tasks_per_node=2: both tasks join one mesh through jax.distributed (one CPU device each,
+    gloo collectives), parameters and Adam state fully sharded; the run equals the one-device run."""
+    try:
+        import hydra_plugins.hydra_submitit_launcher  # noqa: F401
+    except ImportError:
+        _unavailable("Slurm tier needs hydra-submitit-launcher: pip install 'scaling[slurm]'")
+    fixed = [*TINY[:-1], "train.progress=none", "train.fsdp=true", "data.unique_tokens=20000"]
+    sweep = tmp_path / "two_tasks.yaml"
+    sweep.write_text(f"name: two_tasks\nn_boot: 20\noverrides: [launcher=slurm, hydra.launcher.tasks_per_node=2, "
+                     f"{', '.join(fixed)}]\ngrids:\n  - model: [s02]\n    train.steps: [40]\n")
+    r = subprocess.run(sweep_cmd(sweep, tmp_path), check=False, capture_output=True, text=True, env=slurm_env,
+                       timeout=600)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
+    one = make_cfg(*fixed, "model=s02", "train.steps=40", "train.devices=1", f"results_dir={tmp_path / 'one'}")
+    from scaling import runs, train
+
+    reference = train.run(one)
+    s = _summary(tmp_path / "results" / "two_tasks" / reference["run_id"] / "summary.json")
+    assert s is not None and s["status"] == "completed", r.stdout[-4000:]
+    assert s["processes"] == 2 and s["devices"] == 2 and s["fsdp"]
+    rows = [json.loads(x) for x in (tmp_path / "results" / "two_tasks" / reference["run_id"] / "metrics.jsonl")
+            .read_text().splitlines()]
+    ref = runs.read_metrics(runs.run_dir(one))[0]
+    assert [x["step"] for x in rows] == [x["step"] for x in ref]
+    for a, b in zip(rows, ref):
+        assert a["eval_loss"] == pytest.approx(b["eval_loss"], rel=1e-5, abs=0)

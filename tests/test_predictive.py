@@ -65,3 +65,27 @@ def test_drift_is_zero_for_an_exact_law_and_grows_with_misfit():
     s = predictive.scatter(from_frame(bent), laws.chinchilla(from_frame(bent), n_boot=0))
     assert s.drift_per_decade > 0.005
     assert s.sd(s.c_fit_max * 100) > s.sd(s.c_fit_max * 10) > s.sd(s.c_fit_max) == max(s.residual_sd, s.seed_sd)
+
+
+@pytest.mark.parametrize("runaway_fits", [1, 99])
+def test_backtests_whose_law_runs_away_are_counted_and_left_out(monkeypatch, runaway_fits):
+    true = {"E": 1.69, "A": 406.4, "alpha": 0.34, "B": 410.7, "beta": 0.28}
+    df = pd.DataFrame([{"N": n, "D": c / (6 * n), "C": c} for c in np.geomspace(1e18, 1e21, 7)
+                       for n in np.geomspace(3e7, 3e9, 6)])
+    t = from_frame(df.assign(loss=laws.chinchilla_loss(true, df["N"], df["D"])))
+    real, calls = laws.chinchilla, []
+
+    def some_run_away(table, **kw):
+        fit = real(table, **kw)
+        calls.append(1)
+        if len(calls) <= runaway_fits:
+            fit.params["alpha"]["value"] = -500.0  # A N^500: every prediction overflows
+        return fit
+
+    monkeypatch.setattr(predictive.laws, "chinchilla", some_run_away)
+    k, used, runaway = predictive.drift(t, 0.0)
+    assert runaway > 0
+    if runaway_fits == 1:  # the other backtests still measure the (zero) drift of an exact law
+        assert used > 0 and k < 1e-3
+    else:  # nothing left to measure drift with: the interval must not pretend to know it
+        assert used == 0 and k == float("inf")

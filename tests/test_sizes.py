@@ -20,7 +20,7 @@ def test_analytic_count_equals_parameter_tree(shape):
 
 
 def test_ladder_spans_three_decades_with_one_aspect_ratio():
-    shapes = [sizes.ladder_shape(n) for n in sizes.SIZE_NAMES]
+    shapes = [sizes.ladder_shape(n) for n in sizes.SMALL_NAMES]
     n = [sizes.count_params(s)["N"] for s in shapes]
     assert n == sorted(n) and n[-1] / n[0] > 1e3
     assert n[0] < 5e3 and n[-1] > 1e7
@@ -28,12 +28,25 @@ def test_ladder_spans_three_decades_with_one_aspect_ratio():
 
 
 def test_ladder_has_four_heads_or_as_many_16_wide_ones_as_fit():
-    heads = {n: (s.n_heads, s.d_model // s.n_heads) for n in sizes.SIZE_NAMES for s in [sizes.ladder_shape(n)]}
+    heads = {n: (s.n_heads, s.d_model // s.n_heads) for n in sizes.SMALL_NAMES for s in [sizes.ladder_shape(n)]}
     assert [heads[n] for n in ("s01", "s02", "s03", "s04")] == [(1, 16), (2, 16), (3, 16), (4, 16)]
     assert heads["s08"] == (4, 32) and heads["s12"] == (4, 64)
     for n, (h, width) in heads.items():  # at most four heads, none narrower than 16, and 16-wide until there are four
         assert h <= sizes.MAX_HEADS and width >= sizes.MIN_HEAD_DIM, n
         assert h == sizes.MAX_HEADS or width == sizes.MIN_HEAD_DIM, n
+
+
+def test_large_ladder_reaches_1e9_at_aspect_64_with_64_wide_heads():
+    shapes = [sizes.ladder_shape(n) for n in sizes.SIZE_NAMES]
+    n = [sizes.count_params(s)["N"] for s in shapes]
+    assert n == sorted(n)  # the large ladder continues the small one
+    large = [sizes.ladder_shape(x) for x in sizes.LARGE_NAMES]
+    assert sizes.LARGE_NAMES[0] == "s13" and 2e7 < n[len(sizes.SMALL_NAMES)] and 1e9 < n[-1] < 1.2e9
+    for s in large:
+        assert s.d_model == 64 * s.n_layers and s.d_model // s.n_heads == 64 and s.d_ff == 4 * s.d_model
+    # N ~ 12 n_layers d_model^2: s15 is GPT-3 Small's shape (12 layers, 768 wide, 12 heads of 64)
+    assert (large[2].n_layers, large[2].d_model, large[2].n_heads) == (12, 768, 12)
+    assert abs(n[len(sizes.SMALL_NAMES) + 2] / (12 * 12 * 768**2) - 1) < 0.01
 
 
 def test_flop_conventions():

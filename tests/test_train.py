@@ -139,3 +139,16 @@ def test_run_length_precedence():
 def test_user_corpus_run(make_cfg, text_corpus):
     s = train.run(make_cfg(f"data.corpus={text_corpus}", "data.val_fraction=0.2", "train.steps=16"))
     assert s["status"] == "completed" and s["corpus"]["files"] == 40
+
+
+def test_bfloat16_computes_in_bfloat16_and_keeps_float32_master_weights(make_cfg):
+    import jax.numpy as jnp
+
+    base = ["train.steps=40", "data.unique_tokens=5000"]
+    cfg = make_cfg(*base, "model.dtype=bfloat16", "sweep=bf16")
+    prog = program.build(cfg, plan.shape_of(cfg), 40, [(0, 1e-2)])
+    assert {x.dtype for x in jax.tree.leaves(prog.state) if x.ndim} == {jnp.dtype(jnp.float32)}  # weights, Adam
+    bf16, fp32 = train.run(cfg), train.run(make_cfg(*base, "sweep=fp32"))
+    assert bf16["final_eval_loss"] < 0.8 * np.log(256)  # it learns
+    assert bf16["final_eval_loss"] == pytest.approx(fp32["final_eval_loss"], rel=0.03)
+    assert bf16["final_eval_loss"] != fp32["final_eval_loss"]  # and it did compute in bfloat16
