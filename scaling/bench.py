@@ -119,21 +119,27 @@ def bench_size(cfg, seconds: float, pack: int = 1) -> dict:
     compile_cached = time.perf_counter() - t_compile
     tok_s = throughput.steady_tokens_per_s(step, state, tokens, active, chunks=3, seconds=seconds)
     per_token = sizes.flops_per_token(shape)
-    ma, m = step.memory_analysis(), devices.mesh(cfg)
-    xla_bytes = (ma.argument_size_in_bytes + ma.output_size_in_bytes - ma.alias_size_in_bytes
-                 + ma.temp_size_in_bytes) if ma is not None else float("nan")
-    data, tensor = (m.shape["data"], m.shape["tensor"]) if m is not None else (1, 1)
+    data, tensor = devices.axis_sizes(devices.mesh(cfg))
     estimate = memory.estimate(shape, b, data, tensor, cfg.train.fsdp, cfg.model.dtype, cfg.model.remat, pack)
     stats = jax.local_devices()[0].memory_stats() or {}  # a GPU's allocator counts; a CPU has none
     return {"model": cfg.model.name, "N": sizes.count_params(shape)["N"], "n_layers": shape.n_layers,
             "d_model": shape.d_model, "batch_size": b, "seq_len": shape.seq_len, "dtype": cfg.model.dtype,
             "steps_per_dispatch": k, "pack": pack,
-            "devices": devices.environment(cfg)["devices"], "tokens_per_s": tok_s,
+            "devices": data * tensor, "tokens_per_s": tok_s,
             "hardware_gflops": tok_s * per_token["flops_hardware"] / 1e9,
             "model_gflops": tok_s * 6 * sizes.count_params(shape)["N"] / 1e9, "compile_s": compile_cold,
             "compile_cached_s": compile_cached, "time_to_first_step_s": first,
-            "memory_xla_gib": xla_bytes / memory.GiB, "memory_estimate_gib": estimate.total / memory.GiB,
+            "memory_xla_gib": compiled_bytes(step) / memory.GiB, "memory_estimate_gib": estimate.total / memory.GiB,
             "memory_peak_gib": stats.get("peak_bytes_in_use", float("nan")) / memory.GiB}
+
+
+def compiled_bytes(compiled) -> float:
+    """Bytes per device XLA's buffer assignment gives a compiled step: arguments, outputs and temporaries, less
+    the donated buffers that outputs reuse (NaN where the backend does not say)."""
+    ma = compiled.memory_analysis()
+    if ma is None:
+        return float("nan")
+    return ma.argument_size_in_bytes + ma.output_size_in_bytes - ma.alias_size_in_bytes + ma.temp_size_in_bytes
 
 
 def _shown(x: float, spec: str) -> str:

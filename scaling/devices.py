@@ -102,10 +102,9 @@ def describe() -> str:
 
 def environment(cfg) -> dict:
     """Where a run trains, for its summary: the device, JAX's platform, the devices and the mesh it trains on."""
-    m = mesh(cfg)
-    shape = dict(m.shape) if m is not None else {"data": 1, "tensor": 1}
-    return {"device": describe(), "platform": jax.default_backend(), "devices": m.size if m is not None else 1,
-            "mesh": shape, "fsdp": bool(cfg.train.fsdp), "processes": jax.process_count()}
+    data, tensor = axis_sizes(mesh(cfg))
+    return {"device": describe(), "platform": jax.default_backend(), "devices": data * tensor,
+            "mesh": {"data": data, "tensor": tensor}, "fsdp": bool(cfg.train.fsdp), "processes": jax.process_count()}
 
 
 # ---- the mesh and the shardings --------------------------------------------------------------------------------
@@ -135,6 +134,11 @@ def mesh(cfg) -> Mesh | None:
     if n == 1:
         return None
     return Mesh(np.asarray(every[:n]).reshape(n // t, t), AXES)
+
+
+def axis_sizes(m: Mesh | None) -> tuple[int, int]:
+    """(data, tensor) device counts of a mesh; (1, 1) for one device."""
+    return (m.shape["data"], m.shape["tensor"]) if m is not None else (1, 1)
 
 
 def replicated(m: Mesh) -> NamedSharding:

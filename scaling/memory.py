@@ -27,6 +27,7 @@ import os
 import subprocess
 from dataclasses import dataclass
 
+from scaling import plan as plans
 from scaling import sizes
 from scaling.config import ConfigError
 
@@ -79,12 +80,11 @@ def estimate(shape: sizes.Shape, batch_size: int, data: int = 1, tensor: int = 1
                   (kept + logits) * members)
 
 
-def fits(cfg, devices: int, capacity: float) -> tuple[Memory, str | None]:
-    """A run's estimate on `devices` devices of `capacity` bytes each, and None if it fits, else one line naming
-    what would (FSDP, then more tensor parallelism, rematerialisation, a smaller batch), as config overrides."""
-    shape = sizes.Shape(cfg.model.n_layers, cfg.model.d_model, cfg.model.n_heads, cfg.model.d_ff,
-                        cfg.model.seq_len, cfg.model.vocab)
-    members = max(len(cfg.train.seeds or [0]), len(cfg.optim.lrs or [0]))
+def fits(cfg, devices: int, capacity: float, members: int = 1) -> tuple[Memory, str | None]:
+    """The estimate of a run trained in a pack of `members` on `devices` devices of `capacity` bytes each, and
+    None if it fits, else one line naming what would (FSDP, then rematerialisation, then tensor parallelism, then
+    a smaller batch), as config overrides."""
+    shape = plans.shape_of(cfg)
     tc = cfg.train
     n = tc.devices or devices if tc.data_parallel else tc.tensor_parallel
     base = {"fsdp": bool(tc.fsdp), "tensor": tc.tensor_parallel, "remat": bool(cfg.model.remat),
@@ -139,7 +139,7 @@ def check(rows, devices: int | None = None, capacity: float | None = None) -> st
     if devices != found or capacity != each:
         what = f"{devices} device{'s' * (devices > 1)} of {capacity / GiB:.1f} GiB"
     for i, r in enumerate(rows, 1):
-        r.memory, fix = fits(r.cfg, devices, capacity)
+        r.memory, fix = fits(r.cfg, devices, capacity, r.pack)
         if fix is not None:
             raise ConfigError(f"run {i} ({r.model}, batch {r.cfg.train.batch_size}) needs {r.memory.describe()}; "
                               f"the target is {what}; it would fit with {fix}")

@@ -38,6 +38,7 @@ class PlannedRun:
     fork: int | None = None  # the trunk step it branches off at
     est_s: float | None = None  # estimated seconds to train (scaling plan --time)
     memory: object = None  # scaling.memory.Memory per device, set by scaling.memory.check
+    pack: int = 1  # runs trained in one program with this one (scaling.packing), itself included
 
     @property
     def C(self) -> float:
@@ -91,13 +92,15 @@ def describe(overrides: list[str]) -> list[PlannedRun]:
         last = branches[-1].fork
         parts = [(b.cfg, b.steps, (b.steps - b.fork + (last if b is branches[-1] else 0)) * p.tokens_per_step,
                   runs.trunk_dir(cfg, trunk), b.fork) for b in branches]
+        pack = 1  # a trunk and its branches train one at a time
     else:
         members = packing.members(cfg) if packing.is_packed(cfg) else [cfg]
         parts = [(c, p.steps, p.tokens, None, None) for c in members]
+        pack = len(members)
     hw = sizes.flops_per_token(p.shape)["flops_hardware"]
     return [PlannedRun(c, tuple(overrides), cfg.model.name, p.N, cfg.data.unique_tokens, steps,
                        steps * p.tokens_per_step, trained, hw * steps * p.tokens_per_step, p.shape,
-                       (runs.read_summary(runs.run_dir(c)) or {}).get("status", "new"), trunk, fork)
+                       (runs.read_summary(runs.run_dir(c)) or {}).get("status", "new"), trunk, fork, pack=pack)
             for c, steps, trained, trunk, fork in parts]
 
 

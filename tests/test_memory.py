@@ -9,6 +9,7 @@ import pytest
 
 from scaling import devices, memory, program, sizes, throughput
 from scaling import plan as plans
+from scaling.bench import compiled_bytes
 
 
 def measured_bytes(cfg) -> tuple[float, float]:
@@ -17,10 +18,8 @@ def measured_bytes(cfg) -> tuple[float, float]:
     shape = plans.shape_of(cfg)
     prog = program.build(cfg, shape, 100, [(0, 1e-3)])
     tokens, active = prog.feed(*throughput.random_chunk(shape, 1, cfg.train.batch_size))
-    ma = prog.train_chunk.lower(prog.state, tokens, active).compile().memory_analysis()
-    xla = ma.argument_size_in_bytes + ma.output_size_in_bytes - ma.alias_size_in_bytes + ma.temp_size_in_bytes
-    m = devices.mesh(cfg)
-    data, tensor = (m.shape["data"], m.shape["tensor"]) if m is not None else (1, 1)
+    xla = compiled_bytes(prog.train_chunk.lower(prog.state, tokens, active).compile())
+    data, tensor = devices.axis_sizes(devices.mesh(cfg))
     est = memory.estimate(shape, cfg.train.batch_size, data, tensor, cfg.train.fsdp, cfg.model.dtype,
                           cfg.model.remat)
     return xla, est.total
@@ -88,3 +87,17 @@ def test_more_devices_than_jax_sees_is_named(make_cfg):
 
     with pytest.raises(ConfigError, match=r"train.devices=8 .* needs 8 devices; JAX sees"):
         devices.mesh(make_cfg("train.devices=8"))
+
+
+def test_a_packed_cell_is_estimated_for_its_whole_pack(tmp_path):
+    from scaling import sweep_plan
+    from scaling.sweep_file import load_sweep
+
+    path = tmp_path / "packed.yaml"
+    path.write_text("name: packed\ngrids:\n  - model: [s13]\n    train.steps: [10]\n    train.seeds: [[0, 1, 2, 3]]\n")
+    rows = sweep_plan.plan(load_sweep(path), [f"results_dir={tmp_path}"])
+    assert [r.pack for r in rows] == [4] * 4
+    alone, *_ = sweep_plan.plan(load_sweep(path), [f"results_dir={tmp_path}", "train.seeds=null"])
+    memory.check(rows + [alone], devices=1, capacity=1e15)
+    # four members' states and activations live in one program: four times the memory of a run alone
+    assert rows[0].memory.total == pytest.approx(4 * alone.memory.total)
