@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import sys
 
-from analysis import cli as analysis_cli
 from scaling import app, collect, runs, signals, sweep, sweep_plan
 from scaling.config import ConfigError
 
@@ -39,6 +38,10 @@ def main(argv: list[str] | None = None) -> int:
         from scaling import bench  # deliberately lazy: only `scaling bench` imports JAX in this process
 
         return bench.main(rest)
+    # analysis (pandas, scipy, matplotlib) is imported only by the commands that use it: a training process never
+    # loads matplotlib, and `scaling train` starts about a second sooner
+    from analysis import cli as analysis_cli
+
     if command == "emergence":
         return analysis_cli.emergence(rest)
     return analysis_cli.main(command, rest)

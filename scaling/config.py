@@ -6,6 +6,7 @@ Model sizes are registered here from scaling.sizes so the ladder has a single de
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -182,6 +183,7 @@ def with_values(cfg: DictConfig, **changes) -> DictConfig:
     return out
 
 
+@functools.cache  # once per process: planning composes every cell of a sweep, and storing costs more than composing
 def register() -> None:
     """The config groups, from the dataclasses above and the size ladder: the defaults live only here."""
     cs = ConfigStore.instance()

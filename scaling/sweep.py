@@ -18,7 +18,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from analysis import report
 from scaling import collect, memory, runs
 from scaling.config import ConfigError
 from scaling.progress import SweepProgress
@@ -246,6 +245,8 @@ def _sweep(spec: dict, extra: list[str], rows: list[PlannedRun]) -> int:
     if not todo and (results / "report.md").exists():
         print(f"nothing trained: {results / 'report.md'} stands (`scaling report {results}` rebuilds it)")
         return 0
+    from analysis import report  # matplotlib and scipy: loaded only when a sweep is analysed, never to train
+
     report.build(results, quiet=False, n_boot=int(spec.get("n_boot", 1000)))
     return 1 if failures or unfinished else 0
 

@@ -17,6 +17,7 @@ import pytest
 
 TINY = ["model.seq_len=32", "train.batch_size=8", "train.steps_per_dispatch=4", "train.n_evals=4",
         "data.eval_windows=32", "train.progress=log"]
+LONG = 1600  # steps of the cell the Slurm test kills soon after its first checkpoint (step 200)
 
 
 def write_sweep(tmp_path: Path, name: str, launcher: str, long_steps: int | None = None) -> Path:
@@ -44,9 +45,10 @@ def _engine(start, folder: Path):
         _unavailable(str(e))
 
 
-@pytest.fixture
-def slurm_env(tmp_path):
-    yield from _engine(clusters.slurm, tmp_path / "slurm")
+@pytest.fixture(scope="module")
+def slurm_env(tmp_path_factory):
+    """One cluster for the module's Slurm tests (each sweep has its own name and results folder)."""
+    yield from _engine(clusters.slurm, tmp_path_factory.mktemp("slurm"))
 
 
 @pytest.fixture
@@ -72,7 +74,7 @@ def test_slurm_sweep_survives_a_killed_job_and_resumes_it(tmp_path, cache_dir, s
         import hydra_plugins.hydra_submitit_launcher  # noqa: F401
     except ImportError:
         _unavailable("Slurm tier needs hydra-submitit-launcher: pip install 'scaling[slurm]'")
-    sweep = write_sweep(tmp_path, "on_slurm", "slurm", long_steps=4000)
+    sweep = write_sweep(tmp_path, "on_slurm", "slurm", long_steps=LONG)
     results = tmp_path / "results" / "on_slurm"
     proc = subprocess.Popen(sweep_cmd(sweep, tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=slurm_env, start_new_session=True)
@@ -82,7 +84,7 @@ def test_slurm_sweep_survives_a_killed_job_and_resumes_it(tmp_path, cache_dir, s
         deadline, killed = time.time() + 300, None
         while time.time() < deadline and proc.poll() is None:
             summaries = [s for s in map(_summary, results.glob("*/summary.json")) if s]
-            long = [s for s in summaries if s["steps"] == 4000 and s["status"] == "running"]
+            long = [s for s in summaries if s["steps"] == LONG and s["status"] == "running"]
             has_ckpt = long and any(p.name.isdigit() for p in (results / long[0]["run_id"] / "ckpt").glob("*"))
             jobs = _squeue(slurm_env)
             if has_ckpt and jobs:
@@ -108,9 +110,9 @@ def test_slurm_sweep_survives_a_killed_job_and_resumes_it(tmp_path, cache_dir, s
     assert "4 already completed, 1 to run" in again.stdout
     runs = pd.read_csv(results / "runs.csv").set_index("run_id")
     assert len(runs) == 5 and set(runs["status"]) == {"completed"}
-    resumed = runs[runs["steps"] == 4000].iloc[0]
+    resumed = runs[runs["steps"] == LONG].iloc[0]
     assert resumed["resumed_from_step"] >= 200
-    finished = walls.index[runs.loc[walls.index, "steps"] != 4000]
+    finished = walls.index[runs.loc[walls.index, "steps"] != LONG]
     assert (runs.loc[finished, "wall_s"] == walls[finished]).all()  # no finished run retrained
 
 

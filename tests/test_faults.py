@@ -82,7 +82,8 @@ def test_two_sweeps_on_one_folder_train_each_run_exactly_once(tmp_path, cache_di
 @pytest.mark.parametrize("launcher, how", [("basic", "ctrl-c"), ("joblib", "sigterm to the group")])
 def test_a_signalled_sweep_checkpoints_every_run_stops_every_process_and_resumes(tmp_path, cache_dir, launcher,
                                                                                how):
-    sweep = write_sweep(tmp_path, "sig", [1200], launcher, extra=", train.checkpoint_every_steps=40")
+    # 400 steps: the signal comes at the first progress write (step 100, or 5 s), well before the end
+    sweep = write_sweep(tmp_path, "sig", [400], launcher, extra=", train.checkpoint_every_steps=40")
     results = tmp_path / "results" / "sig"
     slots = tmp_path / "tmp"
     slots.mkdir()

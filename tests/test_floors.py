@@ -32,3 +32,11 @@ def test_the_pure_floor_imports_no_jax(tmp_path):
     modules = "config, sizes, plan, packing, branching, runs, summary, sweep_file, sweep_plan, progress, collect"
     r = _no_jax(f"from scaling import {modules}", tmp_path)
     assert r.returncode == 0, r.stderr
+
+
+def test_training_never_imports_matplotlib(tmp_path):
+    """`scaling train` and a sweep's workers load JAX, not the plotting and fitting stack of analysis/."""
+    code = ("import sys\nfrom scaling import cli, train, engine, app\n"
+            "assert not {'matplotlib', 'scipy'} & set(sys.modules), sorted({'matplotlib', 'scipy'} & set(sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=False)
+    assert r.returncode == 0, r.stderr
