@@ -8,9 +8,15 @@ from pathlib import Path
 ROOT = Path(__file__).parents[1]
 
 
-def _no_jax(code: str, tmp_path) -> subprocess.CompletedProcess:
-    probe = f"{code}\nimport sys\nassert 'jax' not in sys.modules, sorted(m for m in sys.modules if 'jax' in m)[:5]\n"
+def _without(code: str, *modules: str) -> subprocess.CompletedProcess:
+    """Run `code` in a fresh interpreter and check that none of `modules` was imported by it."""
+    probe = (f"{code}\nimport sys\nloaded = sorted({set(modules)!r} & set(sys.modules))\n"
+             "assert not loaded, loaded\n")
     return subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=False)
+
+
+def _no_jax(code: str, tmp_path) -> subprocess.CompletedProcess:
+    return _without(code, "jax")
 
 
 def test_analysis_stands_apart_from_the_training_package(tmp_path):
@@ -36,7 +42,5 @@ def test_the_pure_floor_imports_no_jax(tmp_path):
 
 def test_training_never_imports_matplotlib(tmp_path):
     """`scaling train` and a sweep's workers load JAX, not the plotting and fitting stack of analysis/."""
-    code = ("import sys\nfrom scaling import cli, train, engine, app\n"
-            "assert not {'matplotlib', 'scipy'} & set(sys.modules), sorted({'matplotlib', 'scipy'} & set(sys.modules))")
-    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=False)
+    r = _without("from scaling import cli, train, engine, app", "matplotlib", "scipy")
     assert r.returncode == 0, r.stderr

@@ -29,7 +29,7 @@ def eight_devices(tmp_path_factory, cache_dir):
     """Every mesh of tests/sharded_runs.py, trained in one process that sees 8 CPU devices."""
     out = tmp_path_factory.mktemp("meshes")
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
-           "PYTHONPATH": os.pathsep.join([str(TESTS.parent), str(TESTS), os.environ.get("PYTHONPATH", "")])}
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS.parent), str(TESTS), os.environ.get("PYTHONPATH")]))}
     done = subprocess.run([sys.executable, str(TESTS / "sharded_runs.py"), str(out), str(cache_dir)], env=env,
                           capture_output=True, text=True, timeout=900, cwd=TESTS.parent, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
