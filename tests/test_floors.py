@@ -1,5 +1,5 @@
 """The floors of the house: the planning layer and `scaling plan` never import JAX; analysis/ imports neither JAX
-nor the training package."""
+nor the training package; training never imports matplotlib or scipy."""
 
 import subprocess
 import sys
@@ -15,32 +15,28 @@ def _without(code: str, *modules: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=False)
 
 
-def _no_jax(code: str, tmp_path) -> subprocess.CompletedProcess:
-    return _without(code, "jax")
-
-
-def test_analysis_stands_apart_from_the_training_package(tmp_path):
+def test_analysis_stands_apart_from_the_training_package():
     code = ("import analysis.cli, analysis.report, analysis.emergence_report, analysis.isoflop, analysis.hyperparams\n"
             "assert not [m for m in sys.modules if m.split('.')[0] == 'scaling'], 'analysis imported scaling'")
-    r = _no_jax("import sys\n" + code, tmp_path)
+    r = _without("import sys\n" + code, "jax")
     assert r.returncode == 0, r.stderr
 
 
 def test_scaling_plan_runs_without_jax(tmp_path):
     code = ("from scaling import cli\n"
             f"assert cli.main(['plan', 'sweeps/quick.yaml', 'results_dir={tmp_path}']) == 0\n")
-    r = _no_jax(code, tmp_path)
+    r = _without(code, "jax")
     assert r.returncode == 0, r.stderr
     assert "sweep quick: 26 cells" in r.stdout and "total: C" in r.stdout
 
 
-def test_the_pure_floor_imports_no_jax(tmp_path):
+def test_the_pure_floor_imports_no_jax():
     modules = "config, sizes, plan, packing, branching, runs, summary, sweep_file, sweep_plan, progress, collect"
-    r = _no_jax(f"from scaling import {modules}", tmp_path)
+    r = _without(f"from scaling import {modules}", "jax")
     assert r.returncode == 0, r.stderr
 
 
-def test_training_never_imports_matplotlib(tmp_path):
+def test_training_never_imports_matplotlib():
     """`scaling train` and a sweep's workers load JAX, not the plotting and fitting stack of analysis/."""
     r = _without("from scaling import cli, train, engine, app", "matplotlib", "scipy")
     assert r.returncode == 0, r.stderr
