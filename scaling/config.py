@@ -58,7 +58,12 @@ class DataConfig:
 @dataclass
 class OptimConfig:
     name: str = "cosine"  # one of SCHEDULES
-    lr: float | None = None  # null = sizes.default_learning_rate(d_model, tokens per step)
+    lr: float | None = None  # null = sizes.default_learning_rate(d_model, tokens per step), x the horizon factor
+    # Runs longer than lr_horizon_steps take the default rate x (lr_horizon_steps / steps) ** lr_horizon_exponent
+    # (sizes.horizon_factor); null (the default): every length takes the width rule's rate. An explicit optim.lr
+    # is used as is.
+    lr_horizon_steps: int | None = None
+    lr_horizon_exponent: float = 0.5
     warmup_frac: float = 0.05
     warmup_steps: int | None = None  # a fixed warmup length in steps; replaces warmup_frac when set
     # Peak rates packed into one program with train.seeds (scaling.packing); replaces lr.
@@ -240,6 +245,10 @@ def _validate_optim(o) -> None:
     for key in ("warmup_frac", "decay_frac", "min_lr_frac"):
         if not 0 <= o[key] <= 1:
             raise ConfigError(f"optim.{key} must be between 0 and 1, got {o[key]!r}")
+    if o.lr_horizon_steps is not None:
+        _positive(o.lr_horizon_steps, "optim.lr_horizon_steps", int)
+    if not isinstance(o.lr_horizon_exponent, (int, float)) or not 0 <= o.lr_horizon_exponent <= 2:
+        raise ConfigError(f"optim.lr_horizon_exponent must be a number from 0 to 2, got {o.lr_horizon_exponent!r}")
     if o.warmup_steps is not None and (not isinstance(o.warmup_steps, int) or o.warmup_steps < 0):
         raise ConfigError(f"optim.warmup_steps must be a non-negative integer or null, got {o.warmup_steps!r}")
 
@@ -278,6 +287,9 @@ def _validate_branches(t, o) -> None:
         raise ConfigError("train.branch_tokens sets the run lengths: leave train.steps and train.flops unset")
     if not t.branch_tokens:
         raise ConfigError("train.branch_tokens must list at least one token budget, got []")
+    if o.lr_horizon_steps is not None and o.lr is None:
+        raise ConfigError("train.branch_tokens branches share their trunk's peak rate, so it cannot depend on each "
+                          "branch's length: leave optim.lr_horizon_steps unset, or set optim.lr")
     for i, v in enumerate(t.branch_tokens):
         _positive(v, f"train.branch_tokens[{i}]")
 

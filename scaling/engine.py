@@ -72,7 +72,7 @@ class Engine:
         self.plan = plans.plan_run(cfg, (*save_forks, *extra_points))
         shape = self.plan.shape
         self.corpus, self.unique = data.training_corpus(cfg, shape)
-        self.lrs = [plans.peak_lr(c, shape) for c in cfgs]
+        self.lrs = [plans.peak_lr(c, shape, self.plan.steps) for c in cfgs]
         self.prog = program.build(cfg, shape, self.plan.steps, [(c.train.seed, lr) for c, lr in zip(cfgs, self.lrs)])
         self.batches = [data.Batches(self.corpus, self.unique, shape.seq_len, cfg.train.batch_size, c.train.seed)
                         for c in cfgs]

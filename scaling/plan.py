@@ -40,12 +40,14 @@ def shape_of(cfg: DictConfig) -> sizes.Shape:
     return sizes.Shape(m.n_layers, m.d_model, m.n_heads, m.d_ff, m.seq_len, m.vocab)
 
 
-def peak_lr(cfg: DictConfig, shape: sizes.Shape | None = None) -> float:
-    """optim.lr, else the size's default rate (scaling.sizes.default_learning_rate)."""
+def peak_lr(cfg: DictConfig, shape: sizes.Shape, steps: int) -> float:
+    """optim.lr, else the size's default rate (scaling.sizes.default_learning_rate) times the run length's
+    horizon factor (scaling.sizes.horizon_factor; 1 unless optim.lr_horizon_steps is set)."""
     if cfg.optim.lr is not None:
         return float(cfg.optim.lr)
-    shape = shape or shape_of(cfg)
-    return sizes.default_learning_rate(shape.d_model, cfg.train.batch_size * shape.seq_len)
+    o = cfg.optim
+    return (sizes.default_learning_rate(shape.d_model, cfg.train.batch_size * shape.seq_len)
+            * sizes.horizon_factor(steps, o.lr_horizon_steps, o.lr_horizon_exponent))
 
 
 def resolve_steps(train_cfg, n_params: int, tokens_per_step: int) -> tuple[int, str]:
@@ -100,4 +102,5 @@ def plan_run(cfg: DictConfig, extra_points: tuple[int, ...] = ()) -> RunPlan:
     steps, source = resolve_steps(cfg.train, n, tokens_per_step)
     k = min(cfg.train.steps_per_dispatch, steps)
     points = set(eval_points(steps, cfg.train.n_evals, k)) | {p for p in extra_points if p <= steps}
-    return RunPlan(shape, n, steps, source, tokens_per_step, k, tuple(sorted(points)), peak_lr(cfg, shape))
+    return RunPlan(shape, n, steps, source, tokens_per_step, k, tuple(sorted(points)),
+                   peak_lr(cfg, shape, steps))

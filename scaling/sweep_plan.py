@@ -39,6 +39,7 @@ class PlannedRun:
     est_s: float | None = None  # estimated seconds to train (scaling plan --time)
     memory: object = None  # scaling.memory.Memory per device, set by scaling.memory.check
     pack: int = 1  # runs trained in one program with this one (scaling.packing), itself included
+    lr: float | None = None  # peak learning rate (scaling.plan.peak_lr)
 
     @property
     def C(self) -> float:
@@ -100,7 +101,8 @@ def describe(overrides: list[str]) -> list[PlannedRun]:
     hw = sizes.flops_per_token(p.shape)["flops_hardware"]
     return [PlannedRun(c, tuple(overrides), cfg.model.name, p.N, cfg.data.unique_tokens, steps,
                        steps * p.tokens_per_step, trained, hw * steps * p.tokens_per_step, p.shape,
-                       (runs.read_summary(runs.run_dir(c)) or {}).get("status", "new"), trunk, fork, pack=pack)
+                       (runs.read_summary(runs.run_dir(c)) or {}).get("status", "new"), trunk, fork, pack=pack,
+                       lr=plans.peak_lr(c, p.shape, steps))
             for c, steps, trained, trunk, fork in parts]
 
 
@@ -110,14 +112,14 @@ def plan(spec: dict, extra: list[str]) -> list[PlannedRun]:
 
 def print_plan(name: str, rows: list[PlannedRun], target: str = "") -> None:
     print(f"sweep {name}: {len(rows)} cells" + (f"; memory per device for {target} (scaling.memory)" if target else ""))
-    print(f"{'#':>3} {'model':6} {'N':>9} {'unique':>9} {'steps':>7} {'tokens':>9} {'C (6ND)':>9} {'est. s':>7}"
-          f" {'GiB/dev':>7}  status")
+    print(f"{'#':>3} {'model':6} {'N':>9} {'unique':>9} {'steps':>7} {'tokens':>9} {'C (6ND)':>9} {'peak lr':>8}"
+          f" {'est. s':>7} {'GiB/dev':>7}  status")
     for i, r in enumerate(rows, 1):
         unique = "all" if r.unique_tokens is None else f"{r.unique_tokens:.3g}"
         est = f"{r.est_s:.0f}" if r.est_s is not None else "-"
         mem = f"{r.memory.total / 2**30:.3g}" if r.memory is not None else "-"
-        print(f"{i:>3} {r.model:6} {r.N:>9.3g} {unique:>9} {r.steps:>7} {r.tokens:>9.3g} {r.C:>9.3g} {est:>7} "
-              f"{mem:>7}  {r.status}")
+        print(f"{i:>3} {r.model:6} {r.N:>9.3g} {unique:>9} {r.steps:>7} {r.tokens:>9.3g} {r.C:>9.3g} {r.lr:>8.3g} "
+              f"{est:>7} {mem:>7}  {r.status}")
     todo = [r for r in rows if r.status != "completed"]
     total = sum(r.est_s or 0 for r in todo)
 

@@ -43,3 +43,23 @@ def test_command_line_prints_the_rule_and_names_missing_columns(tmp_path):
     r = subprocess.run([sys.executable, "-m", "analysis.hyperparams", str(tmp_path)], capture_output=True, text=True,
                        check=False)
     assert r.returncode == 2 and "missing lr" in r.stderr
+
+
+def test_the_horizon_law_is_recovered_from_a_scan_over_run_lengths(tmp_path):
+    # Two widths at three lengths each; the truth: lr_opt * d_model * sqrt(2048 / 512) = 40 * steps^-0.5.
+    cells = [(n, d, s) for n, d in ((2.5e4, 32), (8.4e4, 48)) for s in (1_000, 4_000, 16_000)]
+    rows = []
+    for n, d, s in cells:
+        opt = 40 * s ** -0.5 / d / 2
+        rows += [{"N": n, "d_model": d, "steps": s, "batch_size": 4, "seq_len": 128, "lr": opt * f,
+                  "loss": 2.0 + 0.1 * np.log(f) ** 2, "status": "completed"} for f in (0.25, 0.5, 1.3, 2.0)]
+    df = pd.DataFrame(rows)
+    h = hyperparams.horizon(hyperparams.optima(df), n_boot=50)
+    assert h["b"] == pytest.approx(0.5, abs=1e-6) and h["k_1"] == pytest.approx(40, rel=1e-6)
+    assert h["steps_at"](0.64) == pytest.approx((40 / 0.64) ** 2)
+    with pytest.raises(ValueError, match="3 or more run lengths"):
+        hyperparams.horizon(hyperparams.optima(df[df["steps"] < 16_000]))
+    df.to_csv(tmp_path / "runs.csv", index=False)
+    r = subprocess.run([sys.executable, "-m", "analysis.hyperparams", str(tmp_path)], capture_output=True, text=True,
+                       check=False)
+    assert r.returncode == 0 and "= 40 * steps^-0.500" in r.stdout, r.stderr

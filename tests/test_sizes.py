@@ -90,4 +90,33 @@ def test_default_learning_rate_is_the_measured_width_rule_scaled_by_the_batch(ma
     assert sizes.default_learning_rate(32, 512) == pytest.approx(0.01)  # sqrt(512 / 2048) = 1/2
     cfg = make_cfg("model=s03", "train.batch_size=4", "optim.lr=null")  # 4 x seq_len tokens per step
     shape = plan.shape_of(cfg)
-    assert plan.peak_lr(cfg) == pytest.approx(0.64 / 48 * (4 * shape.seq_len / 2048) ** 0.5)
+    assert plan.peak_lr(cfg, shape, 10**6) == pytest.approx(0.64 / 48 * (4 * shape.seq_len / 2048) ** 0.5)
+
+
+def test_the_horizon_lowers_the_default_rate_of_long_runs_only(make_cfg):
+    from scaling import plan
+
+    assert sizes.horizon_factor(2_000, 3_000, 0.5) == 1.0  # shorter than the horizon: the width rule
+    assert sizes.horizon_factor(3_000, 3_000, 0.5) == 1.0
+    assert sizes.horizon_factor(12_000, 3_000, 0.5) == pytest.approx(0.5)
+    assert sizes.horizon_factor(24_000, 3_000, 1 / 3) == pytest.approx(0.5)
+    assert sizes.horizon_factor(10**6, None, 0.5) == 1.0  # no horizon set
+    cfg = make_cfg("model=s02", "train.batch_size=4", "optim.lr=null", "train.steps=12000",
+                   "optim.lr_horizon_steps=3000")
+    rule = sizes.default_learning_rate(32, 4 * cfg.model.seq_len)  # s02 is 32 wide
+    assert plan.plan_run(cfg).peak_lr == pytest.approx(rule * 0.5)  # x (3000 / 12000) ** 0.5
+    explicit = make_cfg("model=s02", "train.steps=12000", "optim.lr=0.003", "optim.lr_horizon_steps=3000")
+    assert plan.plan_run(explicit).peak_lr == 0.003  # an explicit rate is used as given
+    short = make_cfg("model=s02", "train.batch_size=4", "optim.lr=null", "train.steps=500",
+                     "optim.lr_horizon_steps=3000")
+    assert plan.plan_run(short).peak_lr == pytest.approx(rule)
+
+
+def test_the_sweep_plan_shows_each_runs_peak_rate(tmp_path):
+    from scaling import sweep_plan
+
+    spec = {"name": "horizon", "overrides": ["train.batch_size=4", "optim.lr_horizon_steps=3000",
+                                             f"results_dir={tmp_path}"],
+            "grids": [{"model": ["s02"], "train.steps": [500, 12000]}]}
+    rows = sweep_plan.plan(spec, [])
+    assert [r.lr for r in rows] == pytest.approx([0.01, 0.005])  # s02 at 512 tokens per step; the long run halved

@@ -119,6 +119,10 @@ def test_interrupted_pack_resumes_to_the_same_result(make_cfg, monkeypatch):
     (["train.seeds=[]"], r"train.seeds must list at least one value, got \[\]"),
     (["optim.lrs=[0.01,0]"], r"optim.lrs\[1\] must be a positive number, got 0"),
     (["optim.warmup_steps=-1"], "optim.warmup_steps must be a non-negative integer or null, got -1"),
+    (["optim=wsd", "train.steps=null", "train.branch_tokens=[1e4]", "optim.lr=null", "optim.lr_horizon_steps=100"],
+     "share their trunk's peak rate"),
+    (["optim.lr_horizon_steps=0"], "optim.lr_horizon_steps must be a positive integer, got 0"),
+    (["optim.lr_horizon_exponent=-0.5"], "optim.lr_horizon_exponent must be a number from 0 to 2, got -0.5"),
 ])
 def test_branching_and_packing_config_errors(make_cfg, overrides, message):
     with pytest.raises(ConfigError, match=message):
