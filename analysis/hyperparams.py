@@ -66,22 +66,25 @@ def optima(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _power_law(x: np.ndarray, y: np.ndarray, n_boot: int, seed: int) -> tuple[float, float, tuple, float]:
+    """y = c * x^-p by least squares in log-log space: c, p, p's 95% bootstrap interval over the points, and the
+    residual sd in log y."""
+    lx, ly = np.log(np.asarray(x, float)), np.log(np.asarray(y, float))
+    slope, icpt = np.polyfit(lx, ly, 1)
+    rng = np.random.default_rng(seed)
+    boots = [np.polyfit(lx[i], ly[i], 1)[0] for i in (rng.integers(0, len(lx), len(lx)) for _ in range(n_boot))
+             if len(np.unique(lx[i])) >= 2]
+    return (float(np.exp(icpt)), float(-slope), lse.interval(-np.array(boots)),
+            float(np.std(ly - (slope * lx + icpt), ddof=2)))
+
+
 def rule(opt: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> dict:
     """lr_opt = c N^-p through the bracketed optima, with 95% bootstrap intervals over sizes."""
     o = opt.dropna(subset=["lr_opt"])
     if len(o) < 3:
         raise ValueError(f"the rule needs bracketed optima at 3 or more sizes; the scan has {len(o)}")
-    x, y = np.log(o["N"].to_numpy(float)), np.log(o["lr_opt"].to_numpy(float))
-    slope, icpt = np.polyfit(x, y, 1)
-    rng = np.random.default_rng(seed)
-    boots = []
-    for _ in range(n_boot):
-        idx = rng.integers(0, len(x), len(x))
-        if len(np.unique(x[idx])) >= 2:
-            boots.append(np.polyfit(x[idx], y[idx], 1))
-    boots = np.array(boots)
-    return {"c": float(np.exp(icpt)), "p": float(-slope), "p_interval": lse.interval(-boots[:, 0]),
-            "sizes": len(o), "residual_sd": float(np.std(y - (slope * x + icpt), ddof=2))}
+    c, p, interval, sd = _power_law(o["N"], o["lr_opt"], n_boot, seed)
+    return {"c": c, "p": p, "p_interval": interval, "sizes": len(o), "residual_sd": sd}
 
 
 def horizon(opt: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> dict:
@@ -93,14 +96,8 @@ def horizon(opt: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> dict:
     if o["steps"].nunique() < 3:
         raise ValueError(f"the horizon law needs bracketed optima at 3 or more run lengths; the scan has "
                          f"{o['steps'].nunique()}")
-    x, y = np.log(o["steps"].to_numpy(float)), np.log(o["k_at_reference_batch"].to_numpy(float))
-    slope, icpt = np.polyfit(x, y, 1)
-    rng = np.random.default_rng(seed)
-    boots = [np.polyfit(x[i], y[i], 1)[0] for i in (rng.integers(0, len(x), len(x)) for _ in range(n_boot))
-             if len(np.unique(x[i])) >= 2]
-    b, k1 = float(-slope), float(np.exp(icpt))
-    return {"k_1": k1, "b": b, "b_interval": lse.interval(-np.array(boots)), "cells": len(o),
-            "residual_sd": float(np.std(y - (slope * x + icpt), ddof=2)),
+    k1, b, interval, sd = _power_law(o["steps"], o["k_at_reference_batch"], n_boot, seed)
+    return {"k_1": k1, "b": b, "b_interval": interval, "cells": len(o), "residual_sd": sd,
             "steps_at": lambda k: (k1 / k) ** (1 / b) if b > 0 else float("inf")}
 
 
