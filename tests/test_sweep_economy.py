@@ -18,6 +18,7 @@ from scaling import (
     program,
     progress,
     runs,
+    sizes,
     sweep,
     sweep_file,
     sweep_plan,
@@ -207,3 +208,11 @@ def test_packed_runs_share_the_engine_progress_and_checkpoint_cadence(make_cfg, 
     assert saved == [("ckpt", 8), ("ckpt", 16), ("ckpt", 24)] * 2  # the pack's, then the single run's
     for member in packing.members(cfg):
         assert json.loads((runs.run_dir(member) / "progress.json").read_text()) == {"step": 24}
+
+
+def test_a_run_trains_at_its_horizon_rate(make_cfg):
+    """optim.lr_horizon_steps reaches the training loop: the run's recorded peak rate is the planned, lowered one."""
+    cfg = make_cfg("optim.lr=null", "optim.lr_horizon_steps=6", "sweep=horizon")  # 24 steps: factor (6/24)^0.5
+    rule = sizes.default_learning_rate(cfg.model.d_model, cfg.train.batch_size * cfg.model.seq_len)
+    s = train.run(cfg)
+    assert s["status"] == "completed" and s["lr"] == pytest.approx(rule * 0.5)
