@@ -8,6 +8,12 @@ Each prediction carries two 95% intervals: the parameter-only one (the bootstrap
 predictive one (analysis.predictive: the bootstrap times the residual scatter of the fitted runs, the seed noise
 of replicate runs (cells that share N and D) and the law's measured drift per decade of extrapolation). A held-out
 run counts as inside when it lies in its predictive interval.
+
+Where held-out cells have replicate runs, the check also separates noise from misfit: each cell's mean loss over
+its seeds against the prediction, in units of the noise of that mean (the held-out replicates' pooled seed sd over
+the square root of the cell's runs), and the mean error over all held-out runs against its standard error. A law
+that is right up to noise leaves errors of a few units; a systematic misfit leaves a mean error many standard
+errors from zero, and no number of seeds will average it away.
 """
 
 from __future__ import annotations
@@ -59,6 +65,31 @@ def holdout_split(t: Table, above_flops: float | None = None, top_k: int | None 
     return Table(df[~held].reset_index(drop=True), t.source), df[held].reset_index(drop=True), label
 
 
+def noise_and_misfit(rows: list[dict]) -> dict | None:
+    """The held-out runs averaged over seeds, cell by cell (runs sharing N and D), with the error of each cell's
+    geometric mean loss in units of its seed noise, and the mean log error over all held-out runs against its
+    standard error. None when no held-out cell has two or more runs."""
+    held = pd.DataFrame(rows)
+    noise = seed_noise(held)
+    if noise is None:
+        return None
+    sd = noise["rel_sd"]
+    cells = []
+    for (n, d), c in held.groupby(["N", "D"], sort=False):
+        log_loss = np.log(c["loss"].to_numpy(float))
+        mean, predicted = float(np.exp(log_loss.mean())), float(c["predicted"].iloc[0])
+        cells.append({"N": float(n), "D": float(d), "C": float(c["C"].iloc[0]), "runs": len(c), "loss": mean,
+                      "predicted": predicted, "rel_error": (predicted - mean) / mean,
+                      "seed_rel_sd": float(log_loss.std(ddof=1)) if len(c) >= 2 else None,
+                      "noise_units": float(np.log(predicted / mean) / (sd / np.sqrt(len(c)))) if sd > 0 else None})
+    log_errors = np.log(held["predicted"].to_numpy(float) / held["loss"].to_numpy(float))
+    bias, se = float(log_errors.mean()), sd / np.sqrt(len(held))
+    return {"seed_rel_sd": sd, "seed_cells": noise["cells"], "seed_dof": noise["dof"], "cells": cells,
+            "max_abs_rel_error": float(np.max(np.abs([c["rel_error"] for c in cells]))),
+            "mean_log_error": bias, "mean_log_error_se": se,
+            "systematic": bool(abs(bias) > 2 * se) if np.isfinite(bias) else True}
+
+
 def check(t: Table, above_flops=None, top_k=None, n_boot: int = 200, seed: int = 0) -> dict | None:
     """Fit the Chinchilla law without the held-out runs and predict each of them."""
     fit_t, held, label = holdout_split(t, above_flops, top_k)
@@ -82,6 +113,7 @@ def check(t: Table, above_flops=None, top_k=None, n_boot: int = 200, seed: int =
             "max_abs_rel_error": float(np.max(np.abs([r["rel_error"] for r in rows]))),
             "inside": sum(r["inside"] for r in rows),
             "inside_parameter_only": sum(r["inside_parameter_only"] for r in rows), "seed_noise": noise,
+            "noise_and_misfit": noise_and_misfit(rows),
             "scatter": scatter.to_json(), "interval": f"predictive: bootstrap refits x ({scatter.describe()})",
             "fit": {k: v["value"] for k, v in fit.params.items()},
             "fit_intervals": {k: [v["ci_low"], v["ci_high"]] for k, v in fit.params.items()}}

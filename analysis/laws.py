@@ -33,9 +33,14 @@ N_BOOT = 1000
 
 
 def chinchilla_loss(p: dict, N, D):
-    """L(N, D) = E + A / N^alpha + B / D^beta for parameters p: point values, or bootstrap arrays (broadcast)."""
+    """L(N, D) = E + A / N^alpha + B / D^beta for parameters p: point values, or bootstrap arrays (broadcast).
+    With log_A and log_B in p (a fit's bootstrap samples carry them) the terms are taken in log space, so a
+    resample whose exponent ran off, and whose A or B overflowed, still gives the finite term the data saw."""
+    N, D = np.asarray(N, float), np.asarray(D, float)
     with np.errstate(all="ignore"):  # a resample may run a coefficient off to infinity
-        return p["E"] + p["A"] / np.asarray(N, float) ** p["alpha"] + p["B"] / np.asarray(D, float) ** p["beta"]
+        if "log_A" in p and "log_B" in p:
+            return p["E"] + np.exp(p["log_A"] - p["alpha"] * np.log(N)) + np.exp(p["log_B"] - p["beta"] * np.log(D))
+        return p["E"] + p["A"] / N ** p["alpha"] + p["B"] / D ** p["beta"]
 
 
 def predicted_interval(fit: Fit, N: float, D: float, rel_sd: float = 0.0, seed: int = 0) -> tuple[float, float]:
@@ -97,6 +102,8 @@ def chinchilla(t: Table, n_boot: int = N_BOOT, seed: int = 0, method: str = "fas
 
     point = {k: v[0] for k, v in natural(theta).items()}
     samples = natural(boot) if boot is not None else {}
+    if samples:  # not summarised as parameters; chinchilla_loss uses them (see there)
+        samples.update({"log_A": boot[:, 0], "log_B": boot[:, 1]})
     point.update(_derived(point))
     if samples:
         samples.update(_derived(samples))
@@ -110,7 +117,8 @@ def chinchilla(t: Table, n_boot: int = N_BOOT, seed: int = 0, method: str = "fas
 
     return Fit(form="chinchilla", formula="L = E + A / N^alpha + B / D^beta", params=params, n_points=len(df),
                objective=value, warnings=warnings, correlations=correlations(samples, names) if samples else None,
-               predict=lambda N, D: chinchilla_loss(point, N, D), samples=samples)
+               predict=lambda N, D: chinchilla_loss({**point, "log_A": theta[0], "log_B": theta[1]}, N, D),
+               samples=samples)
 
 
 def _derived(p: dict) -> dict:

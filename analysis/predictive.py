@@ -69,14 +69,14 @@ class Scatter:
                 "c_fit_max": self.c_fit_max, "backtests": self.backtests, "runaway": self.runaway}
 
 
-def log_residuals(p: dict, df) -> np.ndarray:
-    """log(predicted) - log(observed) of a Chinchilla law with point values p, run by run."""
-    return np.log(np.asarray(laws.chinchilla_loss(p, df["N"].to_numpy(float), df["D"].to_numpy(float)), float)) \
+def log_residuals(fit: Fit, df) -> np.ndarray:
+    """log(predicted) - log(observed) of a Chinchilla fit's point prediction, run by run."""
+    return np.log(np.asarray(fit.predict(df["N"].to_numpy(float), df["D"].to_numpy(float)), float)) \
         - np.log(df["loss"].to_numpy(float))
 
 
-def residual_sd(p: dict, df, n_params: int = N_CHINCHILLA_PARAMS) -> float:
-    r = log_residuals(p, df)
+def residual_sd(fit: Fit, df, n_params: int = N_CHINCHILLA_PARAMS) -> float:
+    r = log_residuals(fit, df)
     return float(np.sqrt((r ** 2).sum() / max(1, len(r) - n_params)))
 
 
@@ -91,8 +91,7 @@ def drift(t: Table, sd: float, method: str = "fast") -> tuple[float, int, int]:
         if below.sum() < MIN_BACKTEST_FIT or below.all():
             continue
         sub = laws.chinchilla(Table(df[below].reset_index(drop=True), t.source), n_boot=0, method=method)
-        p = {k: v["value"] for k, v in sub.params.items()}
-        errors.append(log_residuals(p, df[~below]))
+        errors.append(log_residuals(sub, df[~below]))
         distances.append(logc[~below] - logc[below].max())
     if not errors:
         return 0.0, 0, 0
@@ -109,8 +108,7 @@ def drift(t: Table, sd: float, method: str = "fast") -> tuple[float, int, int]:
 
 def scatter(t: Table, fit: Fit, seed_sd: float = 0.0, method: str = "fast") -> Scatter:
     """The scatter terms of a Chinchilla fit on table t."""
-    p = {k: v["value"] for k, v in fit.params.items()}
-    sd = residual_sd(p, t.df)
+    sd = residual_sd(fit, t.df)
     k, n, runaway = drift(t, max(sd, seed_sd), method)
     return Scatter(residual_sd=sd, seed_sd=seed_sd, drift_per_decade=k, c_fit_max=float(t.df["C"].max()),
                    backtests=n, runaway=runaway)

@@ -12,6 +12,10 @@ fit.json schema:
                        "inside", "inside_parameter_only", "rel_error"}], "max_abs_rel_error": float,
                        "inside": int, "inside_parameter_only": int,
                        "seed_noise": {"rel_sd", "cells", "runs", "dof", "per_cell"} | null,
+                       "noise_and_misfit": {"seed_rel_sd", "seed_cells", "seed_dof", "cells": [{"N", "D", "C",
+                                            "runs", "loss", "predicted", "rel_error", "seed_rel_sd",
+                                            "noise_units"}], "max_abs_rel_error", "mean_log_error",
+                                            "mean_log_error_se", "systematic"} | null,
                        "scatter": {"residual_sd", "seed_sd", "drift_per_decade", "c_fit_max", "backtests"},
                        "interval": str, "fit": {name: float}, "fit_intervals": {name: [low, high]}} | null,
      "optimal": [{"C", "N_opt", "D_opt", "tokens_per_param", "loss", with _low/_high,
@@ -271,6 +275,9 @@ def answer(result: Analysis) -> list[str]:
         out.append(f"- Held out {e['holdout']}: largest error **{100 * e['max_abs_rel_error']:.2f}%**, "
                    f"{e['inside']} of {len(e['rows'])} inside their 95% predictive intervals "
                    f"({e['inside_parameter_only']} inside the parameter-only ones){seeds}.")
+        if m := e.get("noise_and_misfit"):
+            out.append(f"- Averaged over the seeds of each held-out cell: largest error "
+                       f"{100 * m['max_abs_rel_error']:.2f}%; {_misfit_verdict(m)}.")
     if result.optimal and (why := _allocation_unknown(result)):
         out.append(f"- Compute-optimal N and D beyond the sweep: not identified (a: {why}).")
     else:
@@ -279,6 +286,13 @@ def answer(result: Analysis) -> list[str]:
                 for r in result.optimal[:2]]
     out += [f"- **Warning**: {w}." for w in disagreements(result.forms)]
     return out + [""] if len(out) > 2 else []
+
+
+def _misfit_verdict(m: dict) -> str:
+    what = ("a misfit beyond the held-out runs' noise, which more seeds would not average away" if m["systematic"]
+            else "within the held-out runs' noise")
+    return (f"mean error {100 * math.expm1(m['mean_log_error']):+.2f}% against a seed-noise standard error of "
+            f"{100 * m['mean_log_error_se']:.2f}% (held-out seed sd {100 * m['seed_rel_sd']:.2f}%): {what}")
 
 
 def _extrapolation_section(e: dict) -> list[str]:
@@ -300,6 +314,18 @@ def _extrapolation_section(e: dict) -> list[str]:
                 f"cells, {noise['runs']} runs, {noise['dof']} degrees of freedom; per cell: "
                 + ", ".join(f"N {c['N']:.3g} D {c['D']:.3g}: {100 * c['rel_sd']:.2f}%" for c in noise["per_cell"])
                 + ").", ""]
+    if m := e.get("noise_and_misfit"):
+        out += [(f"Noise against misfit: each held-out cell's mean loss over its seeds and its error, also in units "
+                 f"of the noise of that mean (the held-out replicates' pooled seed sd, {100 * m['seed_rel_sd']:.2f}% "
+                 f"over {m['seed_cells']} cells, over the square root of the cell's runs)."), "",
+                "| N | D | runs | mean loss | predicted | error | seed sd | error / noise |",
+                "|---|---|---|---|---|---|---|---|"]
+        for c in m["cells"]:
+            sd = "-" if c["seed_rel_sd"] is None else f"{100 * c['seed_rel_sd']:.2f}%"
+            units = "-" if c["noise_units"] is None else f"{c['noise_units']:+.1f}"
+            out.append(f"| {c['N']:.3g} | {c['D']:.3g} | {c['runs']} | {c['loss']:.4f} | {c['predicted']:.4f} | "
+                       f"{100 * c['rel_error']:+.2f}% | {sd} | {units} |")
+        out += ["", f"Over all held-out runs: {_misfit_verdict(m)}.", ""]
     return out
 
 

@@ -50,6 +50,35 @@ def test_seed_noise_is_measured_from_replicates_and_widens_the_intervals():
     assert lo1 < lo0 and hi1 > hi0
 
 
+def held_out_rows(bias: float, seed: int = 0) -> list[dict]:
+    """Five held-out cells of three seeds each, 1% seed noise, predicted with the given relative bias."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for n in np.geomspace(1e9, 1e10, 5):
+        d = 1e21 / (6 * n)
+        true = laws.chinchilla_loss(TRUE, n, d)
+        rows += [{"N": n, "D": d, "C": 1e21, "loss": true * np.exp(0.01 * rng.standard_normal()),
+                  "predicted": true * (1 + bias)} for _ in range(3)]
+    return rows
+
+
+def test_seed_replicates_at_held_out_cells_separate_noise_from_misfit(tmp_path):
+    right = extrapolation.noise_and_misfit(held_out_rows(bias=0.0))
+    assert 0.006 < right["seed_rel_sd"] < 0.014 and right["seed_cells"] == 5 and right["seed_dof"] == 10
+    assert [c["runs"] for c in right["cells"]] == [3] * 5 and not right["systematic"]
+    assert all(abs(c["noise_units"]) < 3.5 for c in right["cells"]) and right["max_abs_rel_error"] < 0.02
+    off = extrapolation.noise_and_misfit(held_out_rows(bias=0.05))
+    assert off["systematic"] and abs(off["mean_log_error"] - np.log(1.05)) < 0.01
+    assert off["mean_log_error_se"] == off["seed_rel_sd"] / np.sqrt(15)
+    assert all(c["noise_units"] > 5 for c in off["cells"])  # each cell's mean is far outside its noise
+    assert extrapolation.noise_and_misfit(held_out_rows(bias=0.05)[::3]) is None  # one seed per cell: no verdict
+    result = report.fit_all(from_frame(isoflop_table(noise=0.003, replicates=2)), n_boot=20)
+    assert result.extrapolation["noise_and_misfit"]["cells"][0]["runs"] == 2
+    doc = report.markdown(result, [], tmp_path)
+    assert "Averaged over the seeds of each held-out cell" in doc.split("## The answer")[1].split("##")[0]
+    assert "Noise against misfit" in doc and doc.count("| 2 |") >= 5
+
+
 def test_predictive_intervals_cover_new_runs_at_about_the_nominal_rate():
     inside = total = 0
     for seed in range(6):
@@ -81,3 +110,30 @@ def test_the_extrapolation_figure_marks_the_held_out_budget():
     labels = [line.get_label() for line in fig.axes[0].get_lines()]
     assert sum("(held out)" in x for x in labels) == 1 and any(x.endswith("(held out)") and "3.2e+19" in x
                                                                  for x in labels), labels
+
+
+def test_a_law_whose_exponent_ran_off_still_predicts_what_its_data_saw():
+    # alpha = 107 on a flat ridge: A = N_c^alpha overflows a float, the term A / N^alpha the data saw does not
+    N, D = np.array([3.9e4, 1.5e5]), np.array([1.06e7, 2.7e6])
+    ridge = {"E": 0.0, "alpha": 107.0, "B": 14.75, "beta": 0.145}
+    with np.errstate(over="ignore"):
+        ridge["A"] = np.exp(107 * np.log(2.3e4))
+    logs = {**ridge, "log_A": 107 * np.log(2.3e4), "log_B": np.log(14.75)}
+    assert np.isinf(ridge["A"]) and np.isnan(laws.chinchilla_loss(ridge, N, D)).all()
+    assert np.allclose(laws.chinchilla_loss(logs, N, D), 14.75 / D ** 0.145)
+    usual = {**TRUE, "log_A": np.log(TRUE["A"]), "log_B": np.log(TRUE["B"])}
+    assert np.allclose(laws.chinchilla_loss(usual, N, D), laws.chinchilla_loss(TRUE, N, D), rtol=1e-12)
+
+
+def test_the_main_jobs_check_is_finite_whatever_the_order_of_its_rows():
+    # the main job's 21 fitting runs in the order of results/reference-seeds-long run alpha off to 107 (A
+    # overflows); the check must still give the prediction the law makes, the same as in the order of
+    # results/reference, where alpha stops at 43
+    from analysis.table import load
+
+    ref = extrapolation.check(load("results/reference"), above_flops=1e12, n_boot=0)
+    seeds = extrapolation.check(load("results/reference-seeds-long", where="C < 5e12"), above_flops=1e12, n_boot=0)
+    assert len(ref["rows"]) == 5 and len(seeds["rows"]) == 15
+    assert abs(ref["max_abs_rel_error"] - 0.0926) < 5e-4
+    assert abs(seeds["max_abs_rel_error"] - ref["max_abs_rel_error"]) < 1e-6
+    assert np.isfinite(seeds["scatter"]["residual_sd"]) and seeds["noise_and_misfit"]["systematic"]
