@@ -87,7 +87,8 @@ def noise_and_misfit(rows: list[dict]) -> dict | None:
     return {"seed_rel_sd": sd, "seed_cells": noise["cells"], "seed_dof": noise["dof"], "cells": cells,
             "max_abs_rel_error": float(np.max(np.abs([c["rel_error"] for c in cells]))),
             "mean_log_error": bias, "mean_log_error_se": se,
-            "systematic": bool(abs(bias) > 2 * se) if np.isfinite(bias) else True}
+            # None: some prediction is not finite (a law that ran away), so there is no error to weigh
+            "systematic": bool(abs(bias) > 2 * se) if np.isfinite(bias) else None}
 
 
 def check(t: Table, above_flops=None, top_k=None, n_boot: int = 200, seed: int = 0) -> dict | None:

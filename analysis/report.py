@@ -15,7 +15,7 @@ fit.json schema:
                        "noise_and_misfit": {"seed_rel_sd", "seed_cells", "seed_dof", "cells": [{"N", "D", "C",
                                             "runs", "loss", "predicted", "rel_error", "seed_rel_sd",
                                             "noise_units"}], "max_abs_rel_error", "mean_log_error",
-                                            "mean_log_error_se", "systematic"} | null,
+                                            "mean_log_error_se", "systematic": bool | null} | null,
                        "scatter": {"residual_sd", "seed_sd", "drift_per_decade", "c_fit_max", "backtests"},
                        "interval": str, "fit": {name: float}, "fit_intervals": {name: [low, high]}} | null,
      "optimal": [{"C", "N_opt", "D_opt", "tokens_per_param", "loss", with _low/_high,
@@ -289,6 +289,8 @@ def answer(result: Analysis) -> list[str]:
 
 
 def _misfit_verdict(m: dict) -> str:
+    if m["systematic"] is None:
+        return "the law's predictions are not all finite, so noise and misfit cannot be told apart"
     what = ("a misfit beyond the held-out runs' noise, which more seeds would not average away" if m["systematic"]
             else "within the held-out runs' noise")
     return (f"mean error {100 * math.expm1(m['mean_log_error']):+.2f}% against a seed-noise standard error of "

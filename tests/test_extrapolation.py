@@ -72,6 +72,9 @@ def test_seed_replicates_at_held_out_cells_separate_noise_from_misfit(tmp_path):
     assert off["mean_log_error_se"] == off["seed_rel_sd"] / np.sqrt(15)
     assert all(c["noise_units"] > 5 for c in off["cells"])  # each cell's mean is far outside its noise
     assert extrapolation.noise_and_misfit(held_out_rows(bias=0.05)[::3]) is None  # one seed per cell: no verdict
+    runaway = [{**r, "predicted": float("nan")} for r in held_out_rows(bias=0.0)]
+    assert extrapolation.noise_and_misfit(runaway)["systematic"] is None  # no prediction, no verdict
+    assert "cannot be told apart" in report._misfit_verdict(extrapolation.noise_and_misfit(runaway))
     result = report.fit_all(from_frame(isoflop_table(noise=0.003, replicates=2)), n_boot=20)
     assert result.extrapolation["noise_and_misfit"]["cells"][0]["runs"] == 2
     doc = report.markdown(result, [], tmp_path)
