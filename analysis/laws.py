@@ -102,11 +102,11 @@ def chinchilla(t: Table, n_boot: int = N_BOOT, seed: int = 0, method: str = "fas
 
     point = {k: v[0] for k, v in natural(theta).items()}
     samples = natural(boot) if boot is not None else {}
-    if samples:  # not summarised as parameters; chinchilla_loss uses them (see there)
-        samples.update({"log_A": boot[:, 0], "log_B": boot[:, 1]})
     point.update(_derived(point))
     if samples:
         samples.update(_derived(samples))
+        # the log coefficients: not summarised as parameters; chinchilla_loss uses them (see there)
+        samples.update({"log_A": boot[:, 0], "log_B": boot[:, 1]})
     params = summarise(point, samples)
     warnings = range_warning(df["N"].to_numpy(), "N") + range_warning(df["D"].to_numpy(), "D")
     warnings += identifiability(params, ["E", "A", "B"])
