@@ -116,5 +116,6 @@ def check(t: Table, above_flops=None, top_k=None, n_boot: int = 200, seed: int =
             "inside_parameter_only": sum(r["inside_parameter_only"] for r in rows), "seed_noise": noise,
             "noise_and_misfit": noise_and_misfit(rows),
             "scatter": scatter.to_json(), "interval": f"predictive: bootstrap refits x ({scatter.describe()})",
-            "fit": {k: v["value"] for k, v in fit.params.items()},
+            # the point law the plot draws; with its log coefficients, finite where A or B overflow
+            "fit": {**{k: v["value"] for k, v in fit.params.items()}, **fit.log_coefficients},
             "fit_intervals": {k: [v["ci_low"], v["ci_high"]] for k, v in fit.params.items()}}

@@ -24,6 +24,8 @@ class Fit:
     predict: object = None  # callable(**columns) -> loss, not serialised
     samples: dict | None = None  # name -> bootstrap samples, not serialised
     not_identified: dict = field(default_factory=dict)  # name -> why the data do not determine it
+    # log_A and log_B of a Chinchilla point fit: its terms stay finite where A or B overflow (laws.chinchilla_loss)
+    log_coefficients: dict | None = None
 
     def value(self, name: str) -> float:
         return self.params[name]["value"]

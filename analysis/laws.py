@@ -103,6 +103,7 @@ def chinchilla(t: Table, n_boot: int = N_BOOT, seed: int = 0, method: str = "fas
     point = {k: v[0] for k, v in natural(theta).items()}
     samples = natural(boot) if boot is not None else {}
     point.update(_derived(point))
+    logs = {"log_A": float(theta[0]), "log_B": float(theta[1])}
     if samples:
         samples.update(_derived(samples))
         # the log coefficients: not summarised as parameters; chinchilla_loss uses them (see there)
@@ -117,8 +118,7 @@ def chinchilla(t: Table, n_boot: int = N_BOOT, seed: int = 0, method: str = "fas
 
     return Fit(form="chinchilla", formula="L = E + A / N^alpha + B / D^beta", params=params, n_points=len(df),
                objective=value, warnings=warnings, correlations=correlations(samples, names) if samples else None,
-               predict=lambda N, D: chinchilla_loss({**point, "log_A": theta[0], "log_B": theta[1]}, N, D),
-               samples=samples)
+               predict=lambda N, D: chinchilla_loss({**point, **logs}, N, D), samples=samples, log_coefficients=logs)
 
 
 def _derived(p: dict) -> dict:

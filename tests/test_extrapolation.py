@@ -140,3 +140,7 @@ def test_the_main_jobs_check_is_finite_whatever_the_order_of_its_rows():
     assert abs(ref["max_abs_rel_error"] - 0.0926) < 5e-4
     assert abs(seeds["max_abs_rel_error"] - ref["max_abs_rel_error"]) < 1e-6
     assert np.isfinite(seeds["scatter"]["residual_sd"]) and seeds["noise_and_misfit"]["systematic"]
+    # the point law the check hands the figure draws those predictions, though its A overflows
+    N, D = (np.array([r[k] for r in seeds["rows"]]) for k in ("N", "D"))
+    assert np.isinf(seeds["fit"]["A"])
+    assert np.allclose(laws.chinchilla_loss(seeds["fit"], N, D), [r["predicted"] for r in seeds["rows"]])
