@@ -22,6 +22,7 @@ runs.csv / runs.parquet, one row per run (every status kept, never dropped silen
     metrics_damaged_lines     metrics.jsonl lines found damaged on a resume and dropped, if any
     train_loss                mean training loss over the last log interval, nats per byte
     lr, schedule, batch_size, seed
+    b1, b2, weight_decay, warmup_frac, min_lr_frac   the run's AdamW and schedule settings (its config.yaml)
     wall_s, tokens_per_s, hardware_flops_per_s, time_to_first_step_s   seconds; tokens/s; FLOP/s; seconds
     device, platform, jax, corpus_sha256, diverged_at_step, error
     devices                   local devices each batch was split over (data parallelism, scaling.devices)
@@ -85,19 +86,24 @@ def _row(folder: Path, s: dict) -> dict:
     row["run_id"] = folder.name
     row["corpus_sha256"] = (s.get("corpus") or {}).get("content_sha256")
     row["jax"] = (s.get("versions") or {}).get("jax")
-    row["target_flops"] = _target_flops(folder, s)
+    row.update(_from_config(folder, s))
     for drop in ("length_source", "flops_per_token", "corpus", "versions"):
         row.pop(drop, None)
     return row
 
 
-def _target_flops(folder: Path, s: dict):
-    if s.get("length_source") != "train.flops":
-        return None
+OPTIM_COLUMNS = ("b1", "b2", "weight_decay", "warmup_frac", "min_lr_frac")
+
+
+def _from_config(folder: Path, s: dict) -> dict:
+    """The compute budget (train.flops, when it set the run's length) and the optimizer settings, from the run's
+    resolved config: a sweep that varies them must be told apart in the table."""
     try:
-        return float(OmegaConf.load(folder / runs.CONFIG).train.flops)
-    except Exception:  # noqa: BLE001 -- a missing config only loses the budget label
-        return None
+        cfg = OmegaConf.load(folder / runs.CONFIG)
+        flops = float(cfg.train.flops) if s.get("length_source") == "train.flops" else None
+        return {"target_flops": flops, **{k: cfg.optim.get(k) for k in OPTIM_COLUMNS}}
+    except Exception:  # noqa: BLE001 -- a missing or damaged config only loses these labels
+        return {"target_flops": None}
 
 
 def _curve(folder: Path, s: dict, problems: list[str]) -> list[dict]:

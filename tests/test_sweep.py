@@ -44,6 +44,28 @@ def test_every_shipped_sweep_file_composes_into_valid_cells(tmp_path):
                 ("s06", 4), ("s06", 6), ("s08", 4), ("s08", 8)]
 
 
+def test_the_runs_table_tells_the_optimizer_settings_of_a_sweep_apart(tmp_path):
+    # sweeps/optimizer_checks.yaml runs the main job under four (b2, min_lr_frac) settings: the table must say
+    # which run had which, from each run's own config
+    from omegaconf import OmegaConf
+
+    from scaling import collect, runs, sweep_file, sweep_plan
+
+    rows = sweep_plan.plan(sweep_file.load_sweep(Path(__file__).parents[1] / "sweeps" / "optimizer_checks.yaml"),
+                           [f"results_dir={tmp_path}"])
+    for r in rows:
+        folder = runs.run_dir(r.cfg)
+        folder.mkdir(parents=True)
+        OmegaConf.save(r.cfg, folder / runs.CONFIG)
+        runs.write_summary(folder, {"status": "completed", "N": r.N, "length_source": "train.flops"})
+    table, _, _ = collect.collect(runs.sweep_dir(rows[0].cfg))
+    assert len(table) == 119 and table["run_id"].is_unique
+    assert table.groupby(["b2", "min_lr_frac"]).size().to_dict() == {
+        (0.95, 0.0): 26, (0.95, 0.1): 26, (0.999, 0.0): 41, (0.999, 0.1): 26}
+    assert set(table["target_flops"]) == {7.9e10, 2.5e11, 7.9e11, 2.5e12, 7.9e12}
+    assert set(table["weight_decay"]) == {0.1} and set(table["b1"]) == {0.9}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["basic", "joblib"])
 def test_tiny_sweep_runs_collects_and_relaunches_in_seconds(tmp_path, cache_dir, launcher):
