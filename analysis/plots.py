@@ -21,9 +21,12 @@ from analysis import laws
 from analysis.fit import Analysis
 from analysis.isoflop import budgets
 
-LOSS = "loss (nats / token)"
 LABELS = {"N": "N, non-embedding parameters", "D": "D, training tokens", "C": "C = 6ND, FLOPs",
           "tokens_seen": "tokens seen"}
+
+
+def _loss_label(result) -> str:
+    return f"loss ({result.table.loss_unit})"
 
 
 def _size_colors(values):
@@ -54,7 +57,7 @@ def loss_curves(t) -> plt.Figure | None:
     for _, g in c.groupby("run_id"):
         g = g.sort_values("tokens_seen")
         ax.plot(g["tokens_seen"], g["eval_loss"], color=cmap(norm(g["N"].iloc[0])), lw=1.2, alpha=0.85)
-    ax.set(xscale="log", yscale="log", xlabel=LABELS["tokens_seen"], ylabel="eval " + LOSS,
+    ax.set(xscale="log", yscale="log", xlabel=LABELS["tokens_seen"], ylabel=f"eval loss ({t.loss_unit})",
            title="Learning curves")
     _colorbar(fig, ax, cmap, norm)
     _tidy(ax)
@@ -85,7 +88,7 @@ def loss_vs(result: Analysis, x: str) -> plt.Figure:
         for n in sorted(df["N"].unique()):
             ax.plot(grid, chin.predict(n, grid), color=cmap(norm(n)), lw=1, alpha=0.8)
         ax.plot([], [], color="gray", lw=1, label="joint law L(N, D) per N")
-    ax.set(xscale="log", yscale="log", xlabel=LABELS[x], ylabel=LOSS, title=f"Loss against {x}")
+    ax.set(xscale="log", yscale="log", xlabel=LABELS[x], ylabel=_loss_label(result), title=f"Loss against {x}")
     _colorbar(fig, ax, cmap, norm)
     ax.legend(fontsize=8)
     _tidy(ax)
@@ -112,7 +115,7 @@ def isoflop_profiles(result: Analysis) -> plt.Figure | None:
             ax.plot(xs, c2 * np.log(xs) ** 2 + c1 * np.log(xs) + c0, color=col, lw=1, label=f"C = {b:.2g}")
     for _, r in minima.iterrows():
         ax.axvline(r["N_opt"], color="gray", lw=0.5, ls=":")
-    ax.set(xscale="log", xlabel=LABELS["N"], ylabel=LOSS, title="IsoFLOP profiles (dotted: fitted minima)")
+    ax.set(xscale="log", xlabel=LABELS["N"], ylabel=_loss_label(result), title="IsoFLOP profiles (dotted: fitted minima)")
     ax.legend(fontsize=8)
     _tidy(ax)
     return fig
@@ -204,7 +207,7 @@ def extrapolation(result: Analysis) -> plt.Figure | None:
                label=f"held out: max error {100 * e['max_abs_rel_error']:.1f}%")
     seen = np.concatenate([df["loss"], held["predicted_low"], held["predicted_high"]])
     seen = seen[np.isfinite(seen)]
-    ax.set(xscale="log", yscale="log", xlabel=LABELS[x], ylabel=LOSS, ylim=(seen.min() / 1.05, seen.max() * 1.05),
+    ax.set(xscale="log", yscale="log", xlabel=LABELS[x], ylabel=_loss_label(result), ylim=(seen.min() / 1.05, seen.max() * 1.05),
            title=f"Joint law fitted on {e['n_fit']} runs, predicting {len(held)} held-out runs")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     _tidy(ax)

@@ -336,7 +336,7 @@ def markdown(result: Analysis, figures: list[Path], folder: Path, emergence: str
     out = [f"# Scaling report: {t.source}", "",
            (f"{len(t.df)} runs used; N from {t.df['N'].min():.3g} to {t.df['N'].max():.3g} non-embedding "
            f"parameters, D from {t.df['D'].min():.3g} to {t.df['D'].max():.3g} tokens, C from "
-           f"{t.df['C'].min():.3g} to {t.df['C'].max():.3g} FLOPs (C = 6ND).")]
+           f"{t.df['C'].min():.3g} to {t.df['C'].max():.3g} FLOPs (C = 6ND); loss in {t.loss_unit}.")]
     if t.excluded:
         out += ["", "Excluded: " + "; ".join(t.excluded) + "."]
     out += [""] + answer(result)

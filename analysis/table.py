@@ -7,7 +7,9 @@ Standard columns (the names `scaling collect` writes, so our own tables need no 
     D       training tokens used in the fit. For our tables this is `tokens` (tokens seen = steps x batch x
             seq_len), as in Hoffmann et al.; the unique-token budget stays in `U` (our column `D`).
     C       training compute in FLOPs. Ours: 6 N D. If absent it is computed as 6 N D.
-    loss    final loss (ours: evaluation loss in nats per byte on the fixed validation set)
+    loss    final loss (ours: the column `loss`, evaluation loss in nats per token on the fixed validation set, or
+            with --loss bpb the column `bpb`, bits per byte of text, which compares across tokenizers; our learning
+            curves then follow, eval_bpb in place of eval_loss)
     steps, group, seed   optional
     budget      optional: a label (number or name) shared by the runs of one IsoFLOP budget; the budget's compute is
                 the geometric mean of its runs' C, never the label
@@ -26,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 REQUIRED = ("N", "D", "C", "loss")
+BPB = "bpb"  # our bits-per-byte column (scaling.collect)
 
 
 class TableError(ValueError):
@@ -37,7 +40,8 @@ class Table:
     df: pd.DataFrame  # standard columns, valid rows only
     source: str
     excluded: list[str] = field(default_factory=list)  # human-readable reasons, one per excluded group
-    curves: pd.DataFrame | None = None  # our curves.parquet, if present
+    curves: pd.DataFrame | None = None  # our curves.parquet, if present (eval_loss in the table's loss unit)
+    loss_unit: str = "nats / token"  # "bits / byte" when the loss is our bpb column
 
 
 def read_any(path: str | Path) -> pd.DataFrame:
@@ -73,8 +77,17 @@ def load(path: str | Path, n: str | None = None, d: str | None = None, c: str | 
             raw = raw.query(where)
         except Exception as e:  # noqa: BLE001 -- pandas raises many kinds here
             raise TableError(f"--where {where!r} failed on {path}: {e}") from None
-    return from_frame(raw, str(path), n=n, d=d, c=c, loss=loss, steps=steps, group=group, seed=seed,
-                      budget=budget, best_per=best_per, curves=_read_curves(path), unique_tokens=unique_tokens)
+    curves = _read_curves(path)
+    if loss == BPB and curves is not None:  # the learning curves in the same unit as the table's loss
+        if "eval_bpb" not in curves:
+            raise TableError(f"{path}: --loss bpb, but curves.parquet has no eval_bpb column (runs of a version "
+                             f"that did not record bits per byte); use the default loss")
+        curves = curves.assign(eval_loss=curves["eval_bpb"])
+    t = from_frame(raw, str(path), n=n, d=d, c=c, loss=loss, steps=steps, group=group, seed=seed,
+                   budget=budget, best_per=best_per, curves=curves, unique_tokens=unique_tokens)
+    if loss == BPB:
+        t.loss_unit = "bits / byte"
+    return t
 
 
 def results_folder(path: str | Path) -> Path:

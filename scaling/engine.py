@@ -24,6 +24,7 @@ from omegaconf import DictConfig
 
 from scaling import checkpoints, data, devices, probes, program, runs, summary
 from scaling import plan as plans
+from scaling.config import ConfigError
 from scaling.progress import RunProgress
 from scaling.signals import Stop
 
@@ -72,13 +73,20 @@ class Engine:
         self.plan = plans.plan_run(cfg, (*save_forks, *extra_points))
         shape = self.plan.shape
         self.corpus, self.unique = data.training_corpus(cfg, shape)
+        if cfg.probes.tasks and self.corpus.fingerprint.get("tokenizer") not in (None, "bytes"):
+            raise ConfigError(f"probes.tasks are byte strings, scored byte by byte: they need byte tokens, and "
+                              f"data.corpus={cfg.data.corpus!r} is tokenized by {self.corpus.fingerprint['tokenizer']}")
         self.lrs = [plans.peak_lr(c, shape, self.plan.steps) for c in cfgs]
         self.prog = program.build(cfg, shape, self.plan.steps, [(c.train.seed, lr) for c, lr in zip(cfgs, self.lrs)])
         self.batches = [data.Batches(self.corpus, self.unique, shape.seq_len, cfg.train.batch_size, c.train.seed)
                         for c in cfgs]
         self.probe_tasks = probes.tasks(cfg.probes)
         self.probe_sets = [probes.eval_set(t, cfg.probes.eval_items, shape.seq_len) for t in self.probe_tasks]
-        self.val = jnp.asarray(data.eval_batches(self.corpus, shape.seq_len, cfg.data.eval_windows))
+        val = data.eval_batches(self.corpus, shape.seq_len, cfg.data.eval_windows)
+        # Bits per byte = the validation targets' total loss in bits over the bytes of text they stand for; both
+        # counts are fixed for a corpus, tokenizer and validation set, so a ratio converts every evaluation.
+        self.eval_tokens, self.eval_bytes = int(val[..., 1:].size), data.eval_bytes(self.corpus, val)
+        self.val = jnp.asarray(val)
         self.limit = cfg.train.diverge_factor * math.log(shape.vocab)
         self.ckpt = checkpoints.manager(home / runs.CKPT)
         self.forks = checkpoints.manager(home / runs.FORKS, max_to_keep=None) if save_forks else None
@@ -123,6 +131,8 @@ class Engine:
                 raise RuntimeError(f"no saved state at step {at} in {self.fork.folder / runs.FORKS} to branch from")
             # The branch's log starts with its trunk's, which is its own history up to the fork.
             runs.write_metrics(self.folders[0], [r for r in runs.read_metrics(self.fork.folder)[0] if r["step"] <= at])
+        if at is not None and source is self.ckpt:
+            self._same_data()
         if at is not None:
             acc, self.elapsed0 = checkpoints.restore(source, at, self.prog.state, self.p)
             self.prog.state = self.prog.place(self.prog.state)
@@ -141,10 +151,25 @@ class Engine:
                             "an earlier step); the %d valid rows up to step %d are kept", folder.name, runs.METRICS,
                             damaged, len(kept), self.step)
 
+    def _same_data(self) -> None:
+        """Refuse to resume a run on data that changed under the same name: the corpus's content or the
+        tokenizer's, as its summary recorded them when it started."""
+        now = self.corpus.fingerprint
+        for folder in self.folders:
+            then = (runs.read_summary(folder) or {}).get("corpus") or {}
+            for key, what in (("content_sha256", "corpus"), ("tokenizer_sha256", "tokenizer")):
+                if then.get(key) and now.get(key) and then[key] != now[key]:
+                    raise ConfigError(
+                        f"run {folder.name} started on a {what} whose content hashes to {then[key][:12]}, and "
+                        f"data.corpus={self.cfg.data.corpus!r} (data.tokenizer={self.cfg.data.tokenizer!r}) now gives "
+                        f"{now[key][:12]}: it is not resumed on other data; restore the data it trained on, or move "
+                        f"{folder} away to train it afresh")
+
     def _summaries(self) -> list[dict]:
         """Each member's summary at the start (status running), written to its folder."""
         env = {**devices.environment(self.cfg), "state_bytes_per_device": devices.state_bytes(self.prog.state)}
-        head = summary.head(self.cfg, self.plan, self.unique, self.corpus.fingerprint, env)
+        head = summary.head(self.cfg, self.plan, self.unique, self.corpus, env)
+        head.update(eval_tokens=self.eval_tokens, eval_bytes=self.eval_bytes)
         out = []
         for cfg, folder, lr in zip(self.cfgs, self.folders, self.lrs):
             s = {"run_id": folder.name, "status": "running", **head, "seed": cfg.train.seed, "lr": lr,
@@ -234,6 +259,7 @@ class Engine:
         for i in np.flatnonzero(self.bad == 0):
             row = {"step": end, "tokens_seen": end * self.plan.tokens_per_step,
                    "train_loss": self.sums[i] / self.ns[i] if self.ns[i] else None, "eval_loss": float(evals[i]),
+                   "eval_bpb": self._bpb(float(evals[i])),
                    **scored[i],
                    "lr": float(self.prog.lr_fns[i](end - 1)), "tokens_per_s": tok_s and tok_s / self.p,
                    "elapsed_s": self.elapsed0 + time.time() - self.t_loop}
@@ -243,6 +269,12 @@ class Engine:
             self.progress.log(self.last[int(np.flatnonzero(self.bad == 0)[0])], self.p)
         self.sums[:], self.ns[:] = 0.0, 0
         self.timer.overhead_s += time.time() - t0
+
+    def _bpb(self, nats_per_token: float) -> float | None:
+        """Bits per byte of an evaluation loss (exactly nats per token / ln 2 under the byte tokenizer)."""
+        if not self.eval_bytes:
+            return None
+        return nats_per_token * (self.eval_tokens / self.eval_bytes) / math.log(2)
 
     def _save(self, step: int, manager) -> None:
         t0 = time.time()

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from omegaconf import DictConfig
 
-from scaling import sizes
+from scaling import sizes, tokenizer
 
 
 @dataclass(frozen=True)
@@ -36,8 +36,17 @@ class RunPlan:
 
 
 def shape_of(cfg: DictConfig) -> sizes.Shape:
+    """The model's shape; its vocabulary is model.vocab, or when that is null the tokenizer's padded to a multiple
+    of 64 (scaling.tokenizer.model_vocab)."""
     m = cfg.model
-    return sizes.Shape(m.n_layers, m.d_model, m.n_heads, m.d_ff, m.seq_len, m.vocab)
+    return sizes.Shape(m.n_layers, m.d_model, m.n_heads, m.d_ff, m.seq_len, vocab_of(cfg))
+
+
+def vocab_of(cfg: DictConfig) -> int:
+    if cfg.model.vocab is not None:
+        return int(cfg.model.vocab)
+    d = cfg.data
+    return tokenizer.model_vocab(d.tokenizer, d.vocab_size, d.corpus)
 
 
 def peak_lr(cfg: DictConfig, shape: sizes.Shape, steps: int) -> float:

@@ -34,6 +34,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from scaling import config
+from scaling import plan as plans
 
 HOST = socket.gethostname()
 
@@ -56,7 +57,10 @@ def identity(cfg: DictConfig) -> dict:
     result (NON_IDENTITY_KEYS), nor the size's name (a named size and its explicit shape are the same run)."""
     known = config.defaults()
     out: dict = {}
-    for key, value in _flatten(OmegaConf.to_container(cfg, resolve=True)):
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    if resolved["model"].get("vocab") is None:  # the tokenizer's, as the model is built (256 for bytes)
+        resolved["model"]["vocab"] = plans.vocab_of(cfg)
+    for key, value in _flatten(resolved):
         if key in config.NON_IDENTITY_KEYS or key == "model.name":
             continue
         if key not in config.IDENTITY_KEYS and key in known and value == known[key]:

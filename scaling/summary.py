@@ -22,13 +22,16 @@ def versions() -> dict:
     return {**out, "python": sys.version.split()[0]}
 
 
-def head(cfg: DictConfig, plan: RunPlan, unique: int, corpus_fingerprint: dict, environment: dict) -> dict:
-    """What a run's summary says before it trains: shape, counts, data, length, schedule and environment."""
+def head(cfg: DictConfig, plan: RunPlan, unique: int, corpus, environment: dict) -> dict:
+    """What a run's summary says before it trains: shape, counts, data (the corpus's fingerprint, the tokenizer's
+    name and vocabulary), length, schedule and environment."""
     shape = plan.shape
+    fp = corpus.fingerprint
     return {"sweep": cfg.sweep, "model": cfg.model.name, **shape.to_dict(), **sizes.count_params(shape),
-            "D": unique, "batch_size": cfg.train.batch_size, "steps": plan.steps,
+            "D": unique, "tokenizer": fp.get("tokenizer"), "tokenizer_vocab": corpus.vocab,
+            "batch_size": cfg.train.batch_size, "steps": plan.steps,
             "length_source": plan.length_source, "schedule": cfg.optim.name,
-            "flops_per_token": sizes.flops_per_token(shape)["flops"], "corpus": corpus_fingerprint,
+            "flops_per_token": sizes.flops_per_token(shape)["flops"], "corpus": fp,
             "versions": versions(), "results_version": config.RESULTS_VERSION, **environment}
 
 
@@ -43,7 +46,8 @@ def totals(cfg: DictConfig, shape: sizes.Shape, unique: int, done_steps: int, la
         "epochs": tokens_seen / unique,
         **{key: v * tokens_seen for key, v in per_token.items() if key != "flops_hardware"},
         "final_train_loss": last["train_loss"] if last else None,
-        "final_eval_loss": last["eval_loss"] if last else None,
+        "final_eval_loss": last["eval_loss"] if last else None,  # nats per token
+        "final_eval_bpb": last.get("eval_bpb") if last else None,  # bits per byte
         "final_eval_step": last["step"] if last else None,  # below steps_done when a run stopped between evaluations
         **({key: v for key, v in last.items() if key.startswith("probe/")} if last else {}),
         **probes.metadata(probe_tasks, cfg.probes.eval_items, cfg.probes.train_fraction),

@@ -247,7 +247,7 @@ def _sweep(spec: dict, extra: list[str], rows: list[PlannedRun]) -> int:
         return 0
     from analysis import report  # matplotlib and scipy: loaded only when a sweep is analysed, never to train
 
-    report.build(results, quiet=False, n_boot=int(spec.get("n_boot", 1000)))
+    report.build(results, quiet=False, n_boot=int(spec.get("n_boot", 1000)), loss=spec.get("loss"))
     return 1 if failures or unfinished else 0
 
 

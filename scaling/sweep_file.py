@@ -15,6 +15,8 @@ product that Hydra's sweeper expands, and the union of the grids is the sweep:
                                      # stable-decay trunk with a cooldown branched off at each (scaling.branching)
     pack: false                      # true: a grid's train.seed and optim.lr values train as one vmapped
                                      # program per grid point (scaling.packing)
+    loss: loss                       # the runs-table column the report fits: loss (nats per token) or bpb (bits
+                                     # per byte, to compare tokenizers)
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ PACKED_KEYS = {"train.seed": "train.seeds", "optim.lr": "optim.lrs"}
 # The keys a sweep file may hold, with what each must be.
 SCHEMA = {"name": "a name (the results folder)", "n_boot": "a positive integer",
           "overrides": "a list of Hydra overrides", "grids": "a list of maps of config key -> list of values",
-          "wsd_branches": "true or false", "pack": "true or false"}
+          "wsd_branches": "true or false", "pack": "true or false", "loss": "loss or bpb"}
 
 
 def load_sweep(path: str | Path) -> dict:
@@ -72,7 +74,8 @@ def _check(p: Path, spec: dict) -> None:
           "n_boot": lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0,
           "overrides": lambda v: isinstance(v, list) and all(isinstance(o, str) and "=" in o for o in v),
           "grids": lambda v: isinstance(v, list) and v and all(isinstance(g, dict) and g for g in v),
-          "wsd_branches": lambda v: isinstance(v, bool), "pack": lambda v: isinstance(v, bool)}
+          "wsd_branches": lambda v: isinstance(v, bool), "pack": lambda v: isinstance(v, bool),
+          "loss": lambda v: v in ("loss", "bpb")}
     for key, value in spec.items():
         if not ok[key](value):
             raise ConfigError(f"{p}: {key} must be {SCHEMA[key]}, got {value!r}")

@@ -112,14 +112,15 @@ def plan(spec: dict, extra: list[str]) -> list[PlannedRun]:
 
 def print_plan(name: str, rows: list[PlannedRun], target: str = "") -> None:
     print(f"sweep {name}: {len(rows)} cells" + (f"; memory per device for {target} (scaling.memory)" if target else ""))
-    print(f"{'#':>3} {'model':6} {'N':>9} {'unique':>9} {'steps':>7} {'tokens':>9} {'C (6ND)':>9} {'peak lr':>8}"
-          f" {'est. s':>7} {'GiB/dev':>7}  status")
+    print(f"{'#':>3} {'model':6} {'N':>9} {'N_total':>9} {'unique':>9} {'steps':>7} {'tokens':>9} {'C (6ND)':>9} "
+          f"{'peak lr':>8} {'est. s':>7} {'GiB/dev':>7}  status")
     for i, r in enumerate(rows, 1):
         unique = "all" if r.unique_tokens is None else f"{r.unique_tokens:.3g}"
         est = f"{r.est_s:.0f}" if r.est_s is not None else "-"
         mem = f"{r.memory.total / 2**30:.3g}" if r.memory is not None else "-"
-        print(f"{i:>3} {r.model:6} {r.N:>9.3g} {unique:>9} {r.steps:>7} {r.tokens:>9.3g} {r.C:>9.3g} {r.lr:>8.3g} "
-              f"{est:>7} {mem:>7}  {r.status}")
+        n_total = sizes.count_params(r.shape)["N_total"]
+        print(f"{i:>3} {r.model:6} {r.N:>9.3g} {n_total:>9.3g} {unique:>9} {r.steps:>7} {r.tokens:>9.3g} {r.C:>9.3g} "
+              f"{r.lr:>8.3g} {est:>7} {mem:>7}  {r.status}")
     todo = [r for r in rows if r.status != "completed"]
     total = sum(r.est_s or 0 for r in todo)
 

@@ -220,7 +220,7 @@ def test_a_single_text_file_trains_and_binary_files_are_refused_unless_asked(mak
     binary.mkdir()
     rng = random.Random(0)
     for i in range(30):
-        (binary / f"b{i}.bin").write_bytes(bytes(rng.randrange(256) for _ in range(4000)))
+        (binary / f"b{i}.dat").write_bytes(bytes(rng.randrange(256) for _ in range(4000)))  # .bin: token shards
     with pytest.raises(ConfigError, match=r"of its bytes are not text .*set data.binary=true"):
         train.run(make_cfg(f"data.corpus={binary}", "sweep=blobs", "train.steps=8"))
     s = train.run(make_cfg(f"data.corpus={binary}", "data.binary=true", "sweep=blobs", "train.steps=8"))
