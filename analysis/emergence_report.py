@@ -22,7 +22,7 @@ import pandas as pd
 
 from analysis import emergence as em
 from analysis.curve_fits import sigmoid
-from analysis.table import TableError, read_any, results_folder
+from analysis.table import TableError, read_any, read_curves, results_folder
 
 matplotlib.use("Agg")  # figures are files; no display is needed
 import matplotlib.pyplot as plt
@@ -200,7 +200,7 @@ def checkpoint_table(runs: pd.DataFrame, folder: Path) -> pd.DataFrame | None:
         label = label + " " + trained["run_id"].str[:6]
     trained["run"] = label
     meta = ["run_id", "run", *[c for c in runs.columns if c.startswith("probe/") and "@" in c]]
-    curves = pd.read_parquet(curves_path).drop(columns=["model"], errors="ignore")
+    curves = read_curves(folder).drop(columns=["model"], errors="ignore")
     return curves.merge(trained[meta], on="run_id", how="inner")
 
 

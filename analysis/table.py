@@ -60,9 +60,16 @@ def read_any(path: str | Path) -> pd.DataFrame:
             return pd.read_parquet(p)
         return pd.read_csv(p, sep="\t" if p.suffix == ".tsv" else ",")
     except (ValueError, OSError, UnicodeDecodeError) as e:  # pandas' and pyarrow's parse errors are ValueErrors
-        problem = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise TableError(f"{p}: not a readable table ({problem}); allowed: a .csv or .tsv file with a header row "
+        if p.suffix == ".parquet":
+            raise TableError(f"{p}: not a readable table (a damaged Parquet file: {_problem(e)}); rebuild it "
+                             f"(`scaling collect {p.parent}` writes runs.parquet from the run folders) or give a .csv "
+                             "or .tsv table") from None
+        raise TableError(f"{p}: not a readable table ({_problem(e)}); allowed: a .csv or .tsv file with a header row "
                          "and one row per run, or a .parquet file") from None
+
+
+def _problem(e: Exception) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
 def load(path: str | Path, n: str | None = None, d: str | None = None, c: str | None = None,
@@ -97,8 +104,19 @@ def results_folder(path: str | Path) -> Path:
 
 
 def _read_curves(path) -> pd.DataFrame | None:
-    f = results_folder(path) / "curves.parquet"
-    return pd.read_parquet(f) if f.exists() else None
+    return read_curves(results_folder(path))
+
+
+def read_curves(folder: Path) -> pd.DataFrame | None:
+    """A results folder's learning curves (curves.parquet), None if it has none; TableError if it cannot be read."""
+    f = Path(folder) / "curves.parquet"
+    if not f.exists():
+        return None
+    try:
+        return pd.read_parquet(f)
+    except (ValueError, OSError) as e:  # truncated or empty: pyarrow's ArrowInvalid is a ValueError
+        raise TableError(f"{f}: not a readable Parquet file ({_problem(e)}); `scaling collect {folder}` rebuilds it "
+                         "from the run folders (or remove it to fit without learning curves)") from None
 
 
 def _pick(raw: pd.DataFrame, given: str | None, defaults: tuple[str, ...], what: str, required: bool):

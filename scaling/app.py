@@ -1,13 +1,21 @@
 """The Hydra application: one call of `task` trains one grid cell, under any launcher.
 
-JAX starts only inside `task`, after the worker has pinned itself to its cores: JAX sizes its CPU thread pools
+JAX starts only inside `task`, after the process has pinned itself to its cores: JAX sizes its CPU thread pools
 from the process's CPU affinity when it starts, and XLA_FLAGS / OMP_NUM_THREADS do not limit them. That is why
 the training modules are imported there and not at the top of this file.
+
+On a CPU the numbers a run produces depend on how many devices split its batch and how many threads each has (the
+order of float sums; chaotic training amplifies a difference in the 7th digit to 1% within a few thousand steps).
+So on a CPU every run computes on train.devices cores (default 1), one JAX device per core, whatever the launcher
+and however many cores the machine has: a cell trained by the basic launcher, by a joblib worker or by `scaling
+train` gives the same numbers, bitwise. Parallel workers take disjoint cores where there are enough.
 """
 
 from __future__ import annotations
 
 import fcntl
+import importlib.metadata
+import importlib.util
 import logging
 import os
 import signal
@@ -21,34 +29,54 @@ from omegaconf import DictConfig
 
 from scaling import runs, signals
 from scaling.config import ConfigError, register
+from scaling.lock import LockLost
 
 register()
 log = logging.getLogger("scaling")
+logging.raiseExceptions = False  # a log file that cannot be written (a full disk) is not worth a traceback per line
+
+
 _SLOT = None  # the lock file that holds this process's core slot for its lifetime
+_STORAGE: list[str] = []  # the storage failure this process met, if any: it starts no further run
 
 
-def pin_worker(n_workers: int) -> list[int] | None:
-    """Pin this process to a disjoint share of the available cores, claiming a free slot by file lock."""
+def pin_run(cores: int) -> list[int] | None:
+    """Pin this process to `cores` cores, claiming a free slot of that many by file lock (one held for the process's
+    life), or sharing one when every slot is taken; the first pin holds. None where affinity cannot be set."""
     global _SLOT
-    if _SLOT is not None or n_workers < 2 or not hasattr(os, "sched_setaffinity"):
+    if _SLOT is not None or not hasattr(os, "sched_setaffinity"):
         return None
     cpus = sorted(os.sched_getaffinity(0))
-    per = max(1, len(cpus) // n_workers)
-    # The sweep hands its workers a folder it deletes at the end; a plain `scaling train -m` shares one per parent.
-    folder = os.environ.get("SCALING_SLOTS") or os.path.join(tempfile.gettempdir(), f"scaling-slots-{os.getppid()}")
+    per = max(1, min(cores, len(cpus)))
+    slots = max(1, len(cpus) // per)
+    # A sweep hands its workers a folder it deletes at the end; other processes share one per user.
+    folder = os.environ.get("SCALING_SLOTS") or os.path.join(tempfile.gettempdir(), f"scaling-slots-{os.getuid()}")
     os.makedirs(folder, exist_ok=True)
-    for slot in range(n_workers):
-        f = open(os.path.join(folder, str(slot)), "w")  # noqa: SIM115 -- held open for the process lifetime
+    chosen = os.getpid() % slots  # every slot taken: share one
+    for slot in range(slots):
+        f = open(os.path.join(folder, f"{per}-{slot}"), "w")  # noqa: SIM115 -- held open for the process lifetime
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             f.close()
             continue
-        _SLOT = f
-        mine = cpus[(slot * per) % len(cpus):][:per]
-        os.sched_setaffinity(0, mine)
-        return mine
-    return None
+        _SLOT, chosen = f, slot
+        break
+    mine = cpus[chosen * per:(chosen + 1) * per]
+    os.sched_setaffinity(0, mine)
+    return mine
+
+
+def cpu_only() -> bool:
+    """Whether JAX will train on the CPU, asked before it starts: JAX_PLATFORMS says so, or no accelerator plugin
+    (CUDA, ROCm, TPU) is installed."""
+    platforms = os.environ.get("JAX_PLATFORMS", "").lower().replace(" ", "")
+    if platforms:
+        return platforms == "cpu"
+    if importlib.util.find_spec("libtpu") is not None:
+        return False
+    return not any(ep.name for ep in importlib.metadata.entry_points(group="jax_plugins")) and \
+        importlib.util.find_spec("jax_plugins") is None
 
 
 def _hydra_job() -> tuple[int, bool]:
@@ -69,13 +97,15 @@ def task(cfg: DictConfig) -> dict | list | None:
     if workers > 1:
         # Parallel workers share one GPU, if there is one: by default each JAX process would claim 75% of it.
         os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-    if cfg.pin_cpus:
-        mine = pin_worker(workers)
+    if cfg.pin_cpus and cpu_only():
+        mine = pin_run(cfg.train.devices or cfg.train.tensor_parallel)
         if mine:
-            log.info("worker %d pinned to cores %s", os.getpid(), mine)
+            log.info("process %d pinned to cores %s", os.getpid(), mine)
     signals.record_signals()  # from here on a stop signal is acted on at the next chunk boundary
     if signals.received():  # a worker told to stop does not start another run
         return {"status": "interrupted", "error": f"not started: {signals.received()}"}
+    if _STORAGE:  # the results cannot be written: a worker that met that starts no other run
+        return {"status": "interrupted", "error": f"not started: {_STORAGE[0]}"}
     from scaling import devices, train  # deliberately lazy: JAX starts here, after pinning (module docstring)
 
     devices.use_every_core()
@@ -85,12 +115,22 @@ def task(cfg: DictConfig) -> dict | list | None:
     except ConfigError as e:
         print(f"scaling: config error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
-    except OSError as e:  # a results folder that cannot be written, a full disk: the run is resumable
-        print(f"scaling: {e.strerror or e}: {e.filename or runs.run_dir(cfg)}; finished runs are kept, relaunch "
-              "once it is fixed", file=sys.stderr)
+    except LockLost as e:  # another process trains the run now: this one leaves it alone
+        print(f"scaling: {e}", file=sys.stderr)
         if not multirun:
             raise SystemExit(1) from None
-        return {"status": "failed", "error": str(e)}
+        return {"status": "lock lost", "error": str(e)}
+    except (runs.StorageError, OSError) as e:  # a full disk, lost permissions, a damaged checkpoint: resumable
+        why = str(e) if isinstance(e, runs.StorageError) else \
+            f"{runs.storage_problem(e) or e.strerror or e}: {e.filename or runs.run_dir(cfg)}; finished runs are " \
+            "kept, and the same command resumes the others once it is fixed"
+        _STORAGE.append(why)
+        from scaling import checkpoints
+
+        print(f"scaling: {why}", file=checkpoints.real_stderr(), flush=True)
+        if not multirun:
+            raise SystemExit(1) from None
+        return {"status": "interrupted", "error": why}
     except Exception as e:  # recorded in the run folder (error.txt); in a multirun the other cells go on
         log.error("run failed: %s: %s (see %s/error.txt)", type(e).__name__, e, runs.run_dir(cfg))
         if not multirun:

@@ -3,8 +3,8 @@
     scaling bench [--sizes s01,s04,s08,s12] [--batch 32] [--dtype float32|bfloat16] [--seconds 5]
                   [--pack P] [--peak GFLOPS] [--out results/bench] [overrides ...]
 
-Per size: steady-state tokens/s (compilation excluded; several optimizer steps per dispatch and the batch split
-over the local devices (scaling.devices) exactly as in training, `train.data_parallel=false` for one device),
+Per size: steady-state tokens/s (compilation excluded; several optimizer steps per dispatch and the mesh exactly as
+in training (scaling.devices): one device on a CPU unless `train.devices=N` splits the batch over N),
 achieved FLOP/s under the hardware convention of scaling.sizes (6 N + attention + tied output projection per
 token; 6 N alone is the `model_gflops` column), compile time cold and from JAX's persistent cache,
 time to first step (model init + compile + first dispatch), the fraction of the device's peak, and on a GPU

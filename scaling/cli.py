@@ -52,17 +52,41 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _train(rest: list[str]) -> int:
-    cfg = _composed(rest)
-    if cfg is not None:  # a results folder that cannot be written is one line here, before Hydra writes into it
-        try:
-            sweep.writable(runs.sweep_dir(cfg))
-        except ConfigError as e:
-            print(f"scaling train: config error: {e}", file=sys.stderr)
-            return 2
+    if any(a.startswith("-") and a not in ("-m", "--multirun") for a in rest):  # Hydra's own flags (--help, --cfg)
+        sys.argv = ["scaling train", *rest]
+        app.main()
+        return 0
+    try:  # a bad override is one line here, before Hydra starts (its own report is a page)
+        cfg, *_ = [sweep_plan.compose(cell) for cell in _cells_to_check(rest)]
+    except Exception as e:  # noqa: BLE001 -- Hydra raises several kinds; each names the bad override
+        print(f"scaling train: config error: {sweep_plan._one_line(e)}", file=sys.stderr)
+        return 2
+    try:  # a results folder that cannot be written is one line here too, before Hydra writes into it
+        sweep.writable(runs.sweep_dir(cfg))
+    except ConfigError as e:
+        print(f"scaling train: config error: {e}", file=sys.stderr)
+        return 2
     sys.argv = ["scaling train", *rest]
     signals.record_signals()  # the run stops at its next chunk boundary and exits 128 + the signal
     app.main()
     return 0
+
+
+def _cells_to_check(rest: list[str]) -> list[list[str]]:
+    """The overrides of a single run; for a multirun (`-m`), its first cell (each sweep's first value) and, for
+    every other value of a sweep, the first cell with that value: each value is composed once."""
+    overrides = [a for a in rest if a not in ("-m", "--multirun")]
+    if len(overrides) == len(rest):
+        return [overrides]
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    values = [list(o.sweep_string_iterator()) if o.is_sweep_override() else [None] for o in parsed]
+    first = [o.input_line if v[0] is None else f"{o.get_key_element()}={v[0]}" for o, v in zip(parsed, values)]
+    cells = [first]
+    for i, (o, vs) in enumerate(zip(parsed, values)):
+        cells += [[*first[:i], f"{o.get_key_element()}={v}", *first[i + 1:]] for v in vs[1:]]
+    return cells
 
 
 def _corpus(rest: list[str]) -> int:
@@ -91,16 +115,6 @@ def _corpus(rest: list[str]) -> int:
         print(f"scaling corpus: {e}", file=sys.stderr)
         return 2
     return 0
-
-
-def _composed(rest: list[str]):
-    """The config of a single run, or None for a multirun or a bad override (Hydra reports that itself)."""
-    if "-m" in rest or "--multirun" in rest:
-        return None
-    try:
-        return sweep_plan.compose(rest)
-    except Exception:  # noqa: BLE001 -- Hydra raises several kinds; app.main reports each in its own words
-        return None
 
 
 if __name__ == "__main__":

@@ -120,6 +120,11 @@ def _curve(folder: Path, s: dict, problems: list[str]) -> list[dict]:
     if damaged:
         problems.append(f"{folder.name}: {runs.METRICS} line(s) {damaged} are damaged and skipped; the "
                         f"{len(rows)} valid rows are kept")
+    by_step = {r["step"]: r for r in rows}  # one row per step: the last one written
+    if len(by_step) < len(rows):
+        problems.append(f"{folder.name}: {runs.METRICS} has {len(rows) - len(by_step)} repeated step(s) (written "
+                        f"twice); the last row of each step is kept")
+        rows = sorted(by_step.values(), key=lambda r: r["step"])
     return [{"run_id": folder.name, "model": s.get("model"), "N": s.get("N"), "D": s.get("D"), **r,
              "C": 6 * s.get("N", 0) * r["tokens_seen"]} for r in rows]
 

@@ -2,17 +2,19 @@
 
 On a CPU, JAX shows one device by default and parallelises inside each operation with a thread pool. Most of a
 small transformer's operations (per-head attention products, layer norms, the AdamW update) are too small to split, so
-one core idles much of the step. Showing JAX one CPU device per core this process may use, and splitting every
-batch between them, keeps all cores busy: on the 2-core development machine `scaling bench` measured 1.21x to 1.58x
-the tokens/s from s03 to s12, and 0.75x at s01, whose steps are too short to pay for the synchronisation (README,
-Performance). On a machine with several GPUs the same code splits the batch
-over them; with one device nothing changes.
+one core idles much of the step. Showing JAX one CPU device per core and splitting every batch between them keeps
+all cores busy: on the 2-core development machine `scaling bench` measured 1.21x to 1.58x the tokens/s from s03
+to s12, and 0.75x at s01, whose steps are too short to pay for the synchronisation (README, Performance). A CPU run
+asks for that with train.devices=N; by default it computes on one device and one core (scaling.app), and a sweep's
+parallel workers keep every core busy instead. On a machine with several GPUs the batch is split over them by
+default; with one device nothing changes.
 
 Splitting changes the order of floating-point sums, so losses differ from a single-device run at the level of
-float rounding (s02, 49 steps: final evaluation loss 1.6e-7 relative apart); a run is deterministic for a given
-device count.
+float rounding (s02, 49 steps: final evaluation loss 1.6e-7 relative apart), which training amplifies (a 2-device
+and a 1-device s02 run of 400 steps ended 1.4e-6 apart; runs of thousands of steps end up to 1.6% apart). A run
+is deterministic for a given device count and CPU thread count; both are recorded in its summary, and a resume
+under other counts is refused unless train.devices says so (scaling.engine).
 """
-
 from __future__ import annotations
 
 import os
@@ -32,7 +34,7 @@ def usable_cores() -> int:
 
 
 def use_every_core() -> None:
-    """One JAX CPU device per core this process may use (its CPU affinity, which scaling.app.pin_worker narrows
+    """One JAX CPU device per core this process may use (its CPU affinity, which scaling.app.pin_run narrows
     for parallel workers). Takes effect only before JAX runs its first operation; a device count given in
     XLA_FLAGS (--xla_force_host_platform_device_count) wins."""
     if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
@@ -104,7 +106,10 @@ def environment(cfg) -> dict:
     """Where a run trains, for its summary: the device, JAX's platform, the devices and the mesh it trains on."""
     data, tensor = axis_sizes(mesh(cfg))
     return {"device": describe(), "platform": jax.default_backend(), "devices": data * tensor,
-            "mesh": {"data": data, "tensor": tensor}, "fsdp": bool(cfg.train.fsdp), "processes": jax.process_count()}
+            "mesh": {"data": data, "tensor": tensor}, "fsdp": bool(cfg.train.fsdp), "processes": jax.process_count(),
+            # JAX's CPU thread pools are as large as the process's CPU affinity: with one device the thread count
+            # changes the numbers (scaling.app)
+            "cpu_threads": usable_cores() if jax.default_backend() == "cpu" else None}
 
 
 # ---- the mesh and the shardings --------------------------------------------------------------------------------
@@ -118,14 +123,17 @@ AXES = ("data", "tensor")
 
 
 def mesh(cfg) -> Mesh | None:
-    """The mesh a run trains on, or None for one device. train.devices devices (default: as many as there are,
-    all processes together, that split the batch evenly), of which train.tensor_parallel form the tensor axis.
-    scaling.config.validate has checked that the numbers divide; here they meet the devices JAX sees."""
+    """The mesh a run trains on, or None for one device. train.devices devices, of which train.tensor_parallel form
+    the tensor axis; by default, on a CPU in one process one device (its numbers then do not depend on the machine's
+    core count or the launcher, scaling.app), otherwise as many as there are, all processes together, that split
+    the batch evenly. scaling.config.validate has checked that the numbers divide; here they meet the devices JAX sees."""
     t, every = cfg.train.tensor_parallel, jax.devices()
     if not cfg.train.data_parallel:
         n = t
     elif cfg.train.devices is not None:
         n = cfg.train.devices
+    elif every[0].platform == "cpu" and jax.process_count() == 1:
+        n = t
     else:
         n = t * max((d for d in range(1, len(every) // t + 1) if cfg.train.batch_size % d == 0), default=1)
     if n > len(every):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,8 +65,10 @@ class Engine:
     loop's checkpoint in `home` (the run folder of a single run); see the module docstring."""
 
     def __init__(self, cfgs: list[DictConfig], folders: list[Path], home: Path, fork: Fork | None = None,
-                 save_forks: tuple[int, ...] = (), extra_points: tuple[int, ...] = ()):
+                 save_forks: tuple[int, ...] = (), extra_points: tuple[int, ...] = (),
+                 guard: Callable[[], None] = lambda: None):
         self.t_start = time.time()
+        self.guard = guard  # raises scaling.lock.LockLost when this process no longer holds its runs' locks
         cfg = self.cfg = cfgs[0]
         self.cfgs, self.folders, self.home, self.fork, self.save_forks = cfgs, folders, home, fork, save_forks
         self.p = len(cfgs)
@@ -130,11 +133,32 @@ class Engine:
             if at not in source.all_steps():
                 raise RuntimeError(f"no saved state at step {at} in {self.fork.folder / runs.FORKS} to branch from")
             # The branch's log starts with its trunk's, which is its own history up to the fork.
+            self.guard()
             runs.write_metrics(self.folders[0], [r for r in runs.read_metrics(self.fork.folder)[0] if r["step"] <= at])
         if at is not None and source is self.ckpt:
             self._same_data()
+            self._same_numerics()
+        acc = None
+        while at is not None and acc is None:
+            if source is self.ckpt and (why := checkpoints.damaged(source, at)):
+                at = self._set_aside(at, why)  # cut short: found without reading it
+                continue
+            try:
+                acc, self.elapsed0 = checkpoints.restore(source, at, self.prog.state, self.p,
+                                                         self.home / f"restore-{at}.log")
+            except Exception as e:  # Orbax and TensorStore raise many kinds for a damaged checkpoint
+                if source is not self.ckpt or runs.storage_problem(e):
+                    raise
+                # A failed Orbax read leaves its reader threads half torn down, which can crash this process later:
+                # the checkpoint is set aside and the run left for the next launch, in a fresh process.
+                problem = (str(e).strip().splitlines() or [type(e).__name__])[0].split(". See full")[0][:160]
+                before = self._set_aside(at, problem, quiet=True)
+                raise runs.StorageError(
+                    f"run {self.home}: its checkpoint at step {at} does not restore ({problem}); it is set aside as "
+                    f"{runs.CKPT}-unreadable-{at}, and the next launch "
+                    + (f"resumes it from step {before}" if before is not None else "trains it from the start")
+                    + "; relaunch the same command") from None
         if at is not None:
-            acc, self.elapsed0 = checkpoints.restore(source, at, self.prog.state, self.p)
             self.prog.state = self.prog.place(self.prog.state)
             self.step = self.end = int(at)
             self.sums, self.ns, self.bad = acc[0], acc[1], acc[2].astype(int)
@@ -142,6 +166,7 @@ class Engine:
             log.info("%s at step %d", "resumed" if source is self.ckpt else "branched", self.step)
             if source is not self.ckpt:
                 source.close()
+        self.guard()
         for i, folder in enumerate(self.folders):
             kept, damaged = runs.truncate_metrics(folder, self.step)
             self.last[i] = kept[-1] if kept else None
@@ -150,6 +175,42 @@ class Engine:
                 log.warning("run %s: %s line(s) %s were damaged and are dropped (no row can be re-derived for "
                             "an earlier step); the %d valid rows up to step %d are kept", folder.name, runs.METRICS,
                             damaged, len(kept), self.step)
+
+    def _set_aside(self, step: int, problem: str, quiet: bool = False) -> int | None:
+        """A checkpoint that does not restore (truncated, damaged) is renamed out of the way, never deleted; the run
+        resumes from the one before it, or from the start. Returns that step, or None."""
+        self.guard()
+        self.ckpt.close()
+        aside = self.home / f"{runs.CKPT}-unreadable-{step}"
+        while aside.exists():
+            aside = aside.with_name(aside.name + "+")
+        (self.home / runs.CKPT / str(step)).rename(aside)
+        report = self.home / f"restore-{step}.log"  # what the failed restore printed (scaling.checkpoints)
+        if report.exists():
+            report.rename(aside / "restore.log")
+        self.ckpt = checkpoints.manager(self.home / runs.CKPT)
+        before = self.ckpt.latest_step()
+        if not quiet:
+            log.warning("run %s: its checkpoint at step %d does not restore (%s); set aside as %s; %s", self.home.name,
+                        step, problem[:160], aside.name,
+                        f"resuming from step {before}" if before is not None else "training from the start")
+        return before
+
+    def _same_numerics(self) -> None:
+        """Refuse to resume a run under a device count, CPU thread count or platform that changes its numbers
+        (scaling.devices), unless train.devices asks for another mesh: a resume must not mix two runs' numbers."""
+        if self.cfg.train.devices is not None:
+            return
+        now = devices.environment(self.cfg)
+        for folder in self.folders:
+            then = runs.read_summary(folder) or {}
+            changed = [f"{key} {then[key]} -> {now[key]}" for key in ("platform", "devices", "cpu_threads")
+                       if then.get(key) is not None and now.get(key) is not None and then[key] != now[key]]
+            if changed:
+                raise ConfigError(
+                    f"run {folder.name} started under other numerics than this process has ({', '.join(changed)}): "
+                    f"resumed here it would mix two runs' numbers; resume it where it started (the launcher it "
+                    f"started under), or set train.devices to resume it on another mesh on purpose")
 
     def _same_data(self) -> None:
         """Refuse to resume a run on data that changed under the same name: the corpus's content or the
@@ -171,6 +232,7 @@ class Engine:
         head = summary.head(self.cfg, self.plan, self.unique, self.corpus, env)
         head.update(eval_tokens=self.eval_tokens, eval_bytes=self.eval_bytes)
         out = []
+        self.guard()
         for cfg, folder, lr in zip(self.cfgs, self.folders, self.lrs):
             s = {"run_id": folder.name, "status": "running", **head, "seed": cfg.train.seed, "lr": lr,
                  "resumed_from_step": self.resumed}
@@ -240,6 +302,7 @@ class Engine:
         if alive.any():
             self.progress.update(end, float(host[alive, -1][0]))
         if end in self.plan.points or time.time() - self.t_progress > 5:  # the sweep's progress line reads it
+            self.guard()
             for folder in self.folders:
                 runs.write_progress(folder, end)
             self.t_progress = time.time()
@@ -256,6 +319,7 @@ class Engine:
             for i in range(self.p):
                 scored[i].update(probes.score(es, lp[i], hit[i]))
         tok_s = self.timer.tokens_per_s(self.plan.tokens_per_step * self.p)
+        self.guard()
         for i in np.flatnonzero(self.bad == 0):
             row = {"step": end, "tokens_seen": end * self.plan.tokens_per_step,
                    "train_loss": self.sums[i] / self.ns[i] if self.ns[i] else None, "eval_loss": float(evals[i]),
@@ -277,9 +341,11 @@ class Engine:
         return nats_per_token * (self.eval_tokens / self.eval_bytes) / math.log(2)
 
     def _save(self, step: int, manager) -> None:
+        self.guard()
         t0 = time.time()
         checkpoints.save(manager, step, self.prog.state, np.stack([self.sums, self.ns, self.bad]),
                          self.elapsed0 + time.time() - self.t_loop)
+        checkpoints.record_sizes(manager, step)
         self.timer.overhead_s += time.time() - t0
 
     def _finish(self, status: str) -> list[dict]:
@@ -289,6 +355,7 @@ class Engine:
             self._save(self.plan.steps, self.ckpt)
         tok_s = self.timer.tokens_per_s(self.plan.tokens_per_step * self.p)
         wall = self.elapsed0 + time.time() - self.t_loop
+        self.guard()
         for i, (cfg, folder, s) in enumerate(zip(self.cfgs, self.folders, self.summaries)):
             bad = int(self.bad[i])
             s.update({"status": "diverged" if bad else status, "diverged_at_step": bad or None,

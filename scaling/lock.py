@@ -1,4 +1,4 @@
-"""The run lock: at most one process trains a run at a time (see RunLock)."""
+"""The run lock: at most one process trains a run at a time (see RunLock), and one that lost its lock stops."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import logging
 import os
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Self
 
@@ -16,18 +17,27 @@ from scaling.runs import HOST, LOCK
 log = logging.getLogger("scaling.lock")
 
 
+class LockLost(RuntimeError):
+    """This process's lock on a run was taken over: it must write nothing more to the run."""
+
+
 class RunLock:
     """At most one process trains a run, on one host or across Slurm / Ray workers that share a filesystem.
 
-    The lock is a file created exclusively in the run folder, naming its owner (host, pid); the owner refreshes
-    its modification time every HEARTBEAT_S seconds from a thread. Another process waits while the owner lives.
-    A lock whose owner is a process that no longer exists on this host, or whose heartbeat is older than STALE_S
-    (an owner on another host that died), is taken over with a warning."""
+    The lock is a file created exclusively in the run folder, naming its owner (host, pid, the process's start
+    time) and a token of its own; the owner refreshes its modification time every HEARTBEAT_S seconds from a thread.
+    Another process waits while the owner lives. An owner on this host lives while its process does, however late
+    its heartbeat (a process stopped with SIGSTOP or Ctrl-Z keeps its lock); an owner on another host is presumed
+    dead when its heartbeat is older than STALE_S. A dead owner's lock is taken over with a warning. Before every
+    write to the run the owner checks that the lock still holds its token (check()): one whose lock was taken
+    over (it was paused past STALE_S on another host, or its lock was removed) raises LockLost and leaves the run
+    to its new owner."""
 
     HEARTBEAT_S, STALE_S, POLL_S = 10.0, 60.0, 1.0
 
     def __init__(self, folder: Path):
         self.path, self._ino, self._stop = Path(folder) / LOCK, None, threading.Event()
+        self.token = uuid.uuid4().hex
 
     def __enter__(self) -> Self:
         if not runs.PRIMARY:  # the first process of a multi-process run holds it for all of them
@@ -60,13 +70,24 @@ class RunLock:
         except FileNotFoundError:
             pass
 
+    def check(self) -> None:
+        """Raise LockLost unless this process still holds the lock (it may write to the run)."""
+        if self._ino is None:  # not holding one (a process of a multi-process run that writes nothing)
+            return
+        owner, _, ino = self._inspect()
+        if ino != self._ino or owner.get("token") not in (None, self.token):
+            raise LockLost(f"run {self.path.parent.name}: its lock was taken over by {_who(owner)} while this "
+                           f"process ({_who({'host': HOST, 'pid': os.getpid()})}) trained it; this process stops "
+                           f"and writes nothing more to it")
+
     def _create(self) -> bool:
         try:
             fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
             return False
         with os.fdopen(fd, "w") as f:
-            json.dump({"host": HOST, "pid": os.getpid(), "since": time.time()}, f)
+            json.dump({"host": HOST, "pid": os.getpid(), "start": _start_time(os.getpid()), "since": time.time(),
+                       "token": self.token}, f)
         self._ino = os.stat(self.path).st_ino
         return True
 
@@ -82,17 +103,18 @@ class RunLock:
         return owner, time.time() - st.st_mtime, st.st_ino
 
     def _dead(self, owner: dict, age: float) -> bool:
-        if age > self.STALE_S:
-            return True
+        """An owner on this host is dead when its process is gone (or its pid now names another process); one on
+        another host when its heartbeat is older than STALE_S."""
         if owner.get("host") != HOST or not isinstance(owner.get("pid"), int):
-            return False
+            return age > self.STALE_S
         try:
             os.kill(owner["pid"], 0)
         except ProcessLookupError:
             return True
         except PermissionError:  # alive, another user's
             pass
-        return False
+        started = _start_time(owner["pid"])
+        return owner.get("start") is not None and started is not None and started != owner["start"]
 
     def _bury(self, ino: int) -> None:
         """Remove the stale lock with this inode, and only it (another process may have replaced it already)."""
@@ -109,13 +131,29 @@ class RunLock:
         os.unlink(grave)
 
     def _beat(self) -> None:
+        """Refresh the lock's modification time, only while it is still ours (never another owner's lock)."""
         while not self._stop.wait(self.HEARTBEAT_S):
             try:
-                os.utime(self.path)
+                fd = os.open(self.path, os.O_RDONLY)
             except FileNotFoundError:
-                log.error("run %s: its lock file was removed while training", self.path.parent.name)
-                return
+                return  # lost: the training loop's next check() says so, once
+            try:
+                if os.fstat(fd).st_ino != self._ino:
+                    return
+                os.utime(fd)
+            finally:
+                os.close(fd)
 
 
 def _who(owner: dict) -> str:
     return f"{owner.get('host', '?')}:{owner.get('pid', '?')}"
+
+
+def _start_time(pid: int) -> int | None:
+    """When a process started, in clock ticks since boot (Linux), which tells a live owner from a later process
+    that reuses its pid; None where /proc does not say."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None

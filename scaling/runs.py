@@ -24,9 +24,12 @@ and takes its lock; the others compute their shards and write theirs into its ch
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import re
+import shutil
 import socket
 import traceback
 from pathlib import Path
@@ -127,6 +130,48 @@ def prepare(folder: Path, cfg: DictConfig) -> None:
         return
     folder.mkdir(parents=True, exist_ok=True)
     (folder / CONFIG).write_text(OmegaConf.to_yaml(cfg, resolve=True))
+
+
+class StorageError(RuntimeError):
+    """A run stopped because its folder could not be written (a full disk, lost permissions, an I/O error) or its
+    checkpoint could not be read: it is marked interrupted, not failed, and a relaunch resumes it (from its last
+    checkpoint, or from the one before a checkpoint set aside). The process that met it trains nothing more."""
+
+
+# What a storage failure says, whichever library met it: Python raises OSError with an errno; TensorStore (Orbax's
+# writer) raises ValueError with the operating system's words in the message.
+STORAGE_ERRNOS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
+                  errno.EIO: "input/output error", errno.EROFS: "read-only file system",
+                  errno.EACCES: "permission denied", errno.EPERM: "operation not permitted"}
+
+
+def storage_problem(e: BaseException) -> str | None:
+    """The storage failure an exception (or one it was raised from) reports, in words, else None."""
+    while e is not None:
+        if isinstance(e, OSError) and e.errno in STORAGE_ERRNOS:
+            return STORAGE_ERRNOS[e.errno] + (f" ({e.filename})" if e.filename else "")
+        text = str(e)
+        for words in STORAGE_ERRNOS.values():
+            if words in text.lower():
+                path = re.search(r'"(/[^"]+)"', text)
+                return words + (f" ({path.group(1)})" if path else "")
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def record_interruption(folder: Path, why: str) -> None:
+    """Mark a run interrupted by a storage failure, if its folder can still be written; if not, its summary still
+    says running, which a relaunch resumes just the same."""
+    if not PRIMARY:
+        return
+    for partial in (Path(folder) / CKPT).glob("*.orbax-checkpoint-tmp*"):  # the save that failed: room to write
+        shutil.rmtree(partial, ignore_errors=True)
+    try:
+        summary = read_summary(folder) or {}
+        summary.update(status="interrupted", error=why)
+        write_summary(folder, summary)
+    except OSError:
+        pass
 
 
 def record_failure(folder: Path, e: Exception) -> None:

@@ -178,8 +178,9 @@ def cli(command: str, argv: list[str]) -> int:
         print(f"scaling {command}: interrupted; finished runs are kept", file=sys.stderr)
         return 130
     except OSError as e:  # a results folder that cannot be written, a full disk
-        print(f"scaling {command}: {e.strerror or e}: {e.filename or ''}; finished runs are kept, relaunch "
-              "once it is fixed", file=sys.stderr)
+        print(f"scaling {command}: cannot write {e.filename or 'the results'}: {e.strerror or e}; finished runs "
+              "are kept and unfinished ones resume when the same command is relaunched once it is fixed",
+              file=sys.stderr)
         return 1
 
 
@@ -223,7 +224,10 @@ def _sweep(spec: dict, extra: list[str], rows: list[PlannedRun]) -> int:
     print(f"sweep {spec['name']}: {len(rows)} cells, {len(rows) - todo} already completed, {todo} to run "
           f"-> {results}", flush=True)
     failures, stopped = launch(spec, extra, rows) if todo else (0, None)
-    table, _, problems = collect.collect(results)  # OSError: reported by cli
+    try:
+        table, _, problems = collect.collect(results)
+    except OSError as e:  # a full disk: the runs are on it, resumable; the tables wait for room
+        raise OSError(e.errno, runs.storage_problem(e) or e.strerror or str(e), str(results)) from None
     if stopped:
         counts = table["status"].value_counts() if len(table) else {}
         print(f"scaling sweep: stopped by {signal.Signals(stopped).name}: {counts.get('interrupted', 0)} runs "
@@ -234,6 +238,13 @@ def _sweep(spec: dict, extra: list[str], rows: list[PlannedRun]) -> int:
         print(f"warning: {p}", file=sys.stderr)
     print(f"sweep {spec['name']}: {collect.summarize(table)} in {time.time() - t0:.0f} s", flush=True)
     unfinished = _unfinished(rows, table)
+    storage = [line for line in unfinished if runs.storage_problem(RuntimeError(line))]
+    if storage:  # one cause for all of them: say it once
+        why = runs.storage_problem(RuntimeError(storage[0]))
+        print(f"scaling sweep: {len(unfinished)} of {len(rows)} runs did not finish because {results} cannot be "
+              f"written ({why.split(' (')[0]}); finished runs are kept, and the same command resumes the rest once "
+              "there is room", file=sys.stderr)
+        return 1
     for line in unfinished:
         print(f"  not finished: {line}", file=sys.stderr)
     if unfinished:
@@ -245,9 +256,17 @@ def _sweep(spec: dict, extra: list[str], rows: list[PlannedRun]) -> int:
     if not todo and (results / "report.md").exists():
         print(f"nothing trained: {results / 'report.md'} stands (`scaling report {results}` rebuilds it)")
         return 0
+    if not (table["status"] == "completed").any():
+        print(f"no run of sweep {spec['name']} has completed yet; nothing to report", file=sys.stderr)
+        return 1
     from analysis import report  # matplotlib and scipy: loaded only when a sweep is analysed, never to train
+    from analysis.table import TableError
 
-    report.build(results, quiet=False, n_boot=int(spec.get("n_boot", 1000)), loss=spec.get("loss"))
+    try:
+        report.build(results, quiet=False, n_boot=int(spec.get("n_boot", 1000)), loss=spec.get("loss"))
+    except TableError as e:
+        print(f"scaling sweep: no report: {e}", file=sys.stderr)
+        return 1
     return 1 if failures or unfinished else 0
 
 

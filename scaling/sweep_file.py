@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import difflib
 import itertools
+import re
 from pathlib import Path
 
 import yaml
@@ -57,9 +58,12 @@ def load_sweep(path: str | Path) -> dict:
     _check(p, spec)
     spec.setdefault("name", p.stem)
     spec.setdefault("overrides", [])
-    for g in spec["grids"]:
+    for i, g in enumerate(spec["grids"]):
         for key, values in g.items():
-            if not isinstance(values, list) or not values:
+            if values == []:
+                raise ConfigError(f"{p}: grids[{i}].{key} is an empty list, which makes no cell; a grid needs at "
+                                  "least one value for each key")
+            if not isinstance(values, list):
                 g[key] = [values]
     return spec
 
@@ -82,10 +86,18 @@ def _check(p: Path, spec: dict) -> None:
 
 
 def hydra_value(v) -> str:
-    """A value as a Hydra override writes it."""
+    """A value as a Hydra override writes it; a string with characters that Hydra's grammar reads as syntax (a
+    comma, a space, brackets, quotes: `data.corpus=my data,v2`) is quoted."""
     if isinstance(v, list):
         return "[" + ",".join(hydra_value(x) for x in v) + "]"
+    if isinstance(v, str) and not PLAIN.fullmatch(v):
+        # Inside quotes Hydra reads a backslash literally except before a quote (its own, or the closing one).
+        escaped = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", v)
+        return "'" + re.sub(r"(\\+)$", lambda m: m.group(1) * 2, escaped) + "'"
     return str(v).lower() if isinstance(v, bool) else ("null" if v is None else str(v))
+
+
+PLAIN = re.compile(r"[\w./*+@%:?|-]+")  # what Hydra takes unquoted
 
 
 def as_launched(spec: dict, g: dict) -> tuple[dict, list[str]]:

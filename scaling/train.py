@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 from scaling import branching, engine, packing, runs
 from scaling import plan as plans
 from scaling.config import ConfigError, validate
-from scaling.lock import RunLock
+from scaling.lock import LockLost, RunLock
 
 log = logging.getLogger("scaling.train")
 
@@ -32,9 +32,9 @@ def run(cfg: DictConfig, folder: Path | None = None, fork: engine.Fork | None = 
     folder = folder or runs.run_dir(cfg)
     if (settled := _settled(cfg, folder)) is not None:
         return settled
-    with RunLock(folder):  # another process may have finished it while we waited
+    with RunLock(folder) as lock:  # another process may have finished it while we waited
         return _settled(cfg, folder) or _train_one(cfg, folder, fork=fork, save_forks=save_forks,
-                                                   extra_points=extra_points)
+                                                   extra_points=extra_points, guard=lock.check)
 
 
 def run_pack(cfg: DictConfig) -> list[dict]:
@@ -43,18 +43,24 @@ def run_pack(cfg: DictConfig) -> list[dict]:
     everyone = packing.members(cfg)
     folders = [runs.run_dir(m) for m in everyone]
     done = {i: s for i, (m, f) in enumerate(zip(everyone, folders)) if (s := _settled(m, f)) is not None}
-    with contextlib.ExitStack() as locks:
-        for i in sorted((i for i in range(len(everyone)) if i not in done), key=lambda i: folders[i].name):
-            locks.enter_context(RunLock(folders[i]))  # in one global order: overlapping packs cannot deadlock
+    with contextlib.ExitStack() as stack:
+        held = [stack.enter_context(RunLock(folders[i]))  # in one global order: overlapping packs cannot deadlock
+                for i in sorted((i for i in range(len(everyone)) if i not in done), key=lambda i: folders[i].name)]
+
+        def guard():
+            for lock in held:
+                lock.check()
+
         done |= {i: s for i in range(len(everyone)) if i not in done and (s := _settled(everyone[i], folders[i]))}
         todo = [i for i in range(len(everyone)) if i not in done]
         if len(todo) == 1:  # alone it is a plain run, bitwise the separate one
-            done[todo[0]] = _train_one(everyone[todo[0]], folders[todo[0]])
+            done[todo[0]] = _train_one(everyone[todo[0]], folders[todo[0]], guard=guard)
         elif todo:
+            guard()
             for i in todo:
                 runs.prepare(folders[i], everyone[i])
             done |= dict(zip(todo, _train([everyone[i] for i in todo], [folders[i] for i in todo],
-                                          runs.pack_dir([folders[i] for i in todo]))))
+                                          runs.pack_dir([folders[i] for i in todo]), guard=guard)))
     return [done[i] for i in range(len(everyone))]
 
 
@@ -97,6 +103,7 @@ def _settled(cfg: DictConfig, folder: Path) -> dict | None:
 
 
 def _train_one(cfg: DictConfig, folder: Path, **kwargs) -> dict:
+    kwargs.get("guard", lambda: None)()
     runs.prepare(folder, cfg)
     return _train([cfg], [folder], folder, **kwargs)[0]
 
@@ -104,9 +111,18 @@ def _train_one(cfg: DictConfig, folder: Path, **kwargs) -> dict:
 def _train(cfgs: list[DictConfig], folders: list[Path], home: Path, **kwargs) -> list[dict]:
     try:
         return engine.Engine(cfgs, folders, home, **kwargs).run()
-    except ConfigError:
+    except (ConfigError, LockLost):  # a mistake before any compute; a run that is another process's now
+        raise
+    except runs.StorageError as e:  # a checkpoint that does not restore: resumable by the next launch
+        for folder in folders:
+            runs.record_interruption(folder, str(e))
         raise
     except Exception as e:  # every run keeps the evidence in its folder, then the launcher sees the failure
+        if (why := runs.storage_problem(e)) is not None:  # not the run's fault: it resumes once there is room
+            for folder in folders:
+                runs.record_interruption(folder, why)
+            raise runs.StorageError(f"run {home} cannot be written: {why}; it is interrupted, and the same command "
+                                    f"resumes it from its last checkpoint once there is room") from None
         for folder in folders:
             runs.record_failure(folder, e)
         raise

@@ -61,7 +61,7 @@ def test_padding_steps_of_a_short_last_chunk_change_nothing(make_cfg):
 @pytest.mark.skipif(jax.local_device_count() < 2, reason="data parallelism needs two local devices (two cores)")
 def test_data_parallel_run_matches_one_device(make_cfg):
     base = ["train.steps=24", "data.unique_tokens=3000"]
-    split = train.run(make_cfg(*base, "sweep=split"))
+    split = train.run(make_cfg(*base, "sweep=split", "train.devices=2"))
     whole = train.run(make_cfg(*base, "sweep=whole", "train.data_parallel=false"))
     assert split["devices"] == 2 and whole["devices"] == 1
     assert split["run_id"] == whole["run_id"]  # a performance setting, not part of the run's identity
