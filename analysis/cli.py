@@ -9,7 +9,7 @@ import sys
 
 from analysis import emergence_report, extrapolation, isoflop, laws, lse, predictive, report
 from analysis.fit import judge
-from analysis.table import TableError, load, results_folder
+from analysis.table import COUNTS, TableError, load, results_folder
 
 
 def _parser(command: str) -> argparse.ArgumentParser:
@@ -27,6 +27,10 @@ def _parser(command: str) -> argparse.ArgumentParser:
     g.add_argument("--best-per", metavar="COLS", help="keep the lowest-loss row per these standard columns, "
                    "comma-separated (e.g. N,D to keep the best learning rate)")
     g.add_argument("--where", metavar="QUERY", help="pandas query on the raw table, e.g. 'N < 1.25e9'")
+    g.add_argument("--count", choices=list(COUNTS),
+                   help="how compute C is counted for every fit: " + "; ".join(f"{k}: {v}" for k, v in COUNTS.items())
+                   + " (default: 6ND, and 6N_total_D for the frontier law where the table has N_total; the joint "
+                   "law's allocation is always solved in 6ND)")
     if command == "plot":  # figures in seconds: point fits, bands only when resamples are asked for
         p.add_argument("--n-boot", type=int, default=0, help="bootstrap resamples for the bands (default 0)")
     else:
@@ -54,7 +58,7 @@ def _parser(command: str) -> argparse.ArgumentParser:
 def _load_kwargs(args) -> dict:
     best = tuple(s.strip() for s in args.best_per.split(",")) if args.best_per else None
     return {k: getattr(args, f"{k}_col") for k in ("n", "d", "c", "loss", "steps", "group", "seed", "budget")} | \
-        {"best_per": best, "where": args.where, "unique_tokens": args.unique_tokens_col}
+        {"best_per": best, "where": args.where, "unique_tokens": args.unique_tokens_col, "count": args.count}
 
 
 def main(command: str, argv: list[str]) -> int:

@@ -62,7 +62,7 @@ def holdout_split(t: Table, above_flops: float | None = None, top_k: int | None 
         k = top_k if top_k is not None else max(1, len(df) // 5)
         held = pd.Series(np.arange(len(df)) >= len(df) - k)
         label = f"the {k} largest-compute runs"
-    return Table(df[~held].reset_index(drop=True), t.source), df[held].reset_index(drop=True), label
+    return t.rows(df[~held]), df[held].reset_index(drop=True), label
 
 
 def noise_and_misfit(rows: list[dict]) -> dict | None:

@@ -127,3 +127,4 @@ class Analysis:
     warnings: list[str]
     n_boot: int
     scatter: object = None
+    frontier_law: dict | None = None  # analysis.frontier_law.analyse

@@ -14,7 +14,9 @@ predictive interval multiplies every bootstrap refit's prediction by exp(eps), e
   rest; drift^2 is the mean over backtest predictions at least 0.1 decade beyond their fit of
   max(0, e^2 - sd^2) / distance^2 (e: the log error of the backtest prediction, distance in decades of C).
   Predictions of a backtest law that ran off to infinity are left out and counted; with none left the drift, and
-  so the interval, is unbounded.
+  so the interval, is unbounded. A table too small to backtest (fewer than MIN_BACKTEST_FIT runs below every
+  split, e.g. two budgets) gets ASSUMED_DRIFT, said so: without it the interval holds only the scatter at the
+  fitted scale, and in our backtests such intervals held 19 of 25 held-out runs one budget up (docs/protocol.md).
 
 Calibrated on published runs split by compute (fit below a percentile, predict above; docs/methods.md): residual
 scatter alone covered 26% to 53% of Llama 3's larger IsoFLOP runs, whose residuals are small but whose
@@ -34,6 +36,9 @@ from analysis.table import Table
 BACKTEST_QUANTILES = (0.5, 0.6, 0.7, 0.8)
 MIN_BACKTEST_FIT = 8  # fewer runs than this below a split: that backtest is skipped
 MIN_DRIFT_DECADES = 0.1  # backtest predictions closer than this to their fit say little about drift per decade
+# The drift of a table too small to measure its own: the median of the 14 drifts our backtests measured (3.3% to
+# 15.5% per decade; docs/protocol.md, "Intervals that cover")
+ASSUMED_DRIFT = 0.09
 N_CHINCHILLA_PARAMS = 5
 
 
@@ -47,6 +52,7 @@ class Scatter:
     c_fit_max: float  # the largest compute the law was fitted on
     backtests: int  # backtest predictions the drift was measured on
     runaway: int = 0  # backtest predictions left out because the backtest law ran off to infinity
+    assumed: bool = False  # drift_per_decade is ASSUMED_DRIFT: the table is too small to backtest
 
     def sd(self, C) -> np.ndarray:
         beyond = np.maximum(0.0, np.log10(np.asarray(C, float) / self.c_fit_max))
@@ -59,14 +65,17 @@ class Scatter:
         if self.seed_sd:
             parts.append(f"seed noise {100 * self.seed_sd:.2f}%")
         runaway = f"; {self.runaway} more from backtest laws that ran away left out" if self.runaway else ""
+        where = ("assumed: too few runs to backtest (the median of our backtests, docs/protocol.md)" if self.assumed
+                 else f"{self.backtests} backtest predictions{runaway}" if self.backtests
+                 else f"unbounded: all {self.runaway} backtest predictions came from laws that ran away")
         parts.append(f"extrapolation drift {100 * self.drift_per_decade:.2f}% per decade of C beyond "
-                     f"{self.c_fit_max:.3g} ({self.backtests} backtest predictions{runaway})" if self.backtests else
-                     "no extrapolation drift (too few runs to backtest)")
+                     f"{self.c_fit_max:.3g} ({where})")
         return ", ".join(parts)
 
     def to_json(self) -> dict:
         return {"residual_sd": self.residual_sd, "seed_sd": self.seed_sd, "drift_per_decade": self.drift_per_decade,
-                "c_fit_max": self.c_fit_max, "backtests": self.backtests, "runaway": self.runaway}
+                "c_fit_max": self.c_fit_max, "backtests": self.backtests, "runaway": self.runaway,
+                "assumed": self.assumed}
 
 
 def log_residuals(fit: Fit, df) -> np.ndarray:
@@ -90,7 +99,7 @@ def drift(t: Table, sd: float, method: str = "fast") -> tuple[float, int, int]:
         below = logc <= np.quantile(logc, q)
         if below.sum() < MIN_BACKTEST_FIT or below.all():
             continue
-        sub = laws.chinchilla(Table(df[below].reset_index(drop=True), t.source), n_boot=0, method=method)
+        sub = laws.chinchilla(t.rows(df[below]), n_boot=0, method=method)
         errors.append(log_residuals(sub, df[~below]))
         distances.append(logc[~below] - logc[below].max())
     if not errors:
@@ -110,8 +119,9 @@ def scatter(t: Table, fit: Fit, seed_sd: float = 0.0, method: str = "fast") -> S
     """The scatter terms of a Chinchilla fit on table t."""
     sd = residual_sd(fit, t.df)
     k, n, runaway = drift(t, max(sd, seed_sd), method)
-    return Scatter(residual_sd=sd, seed_sd=seed_sd, drift_per_decade=k, c_fit_max=float(t.df["C"].max()),
-                   backtests=n, runaway=runaway)
+    assumed = n == 0 and runaway == 0
+    return Scatter(residual_sd=sd, seed_sd=seed_sd, drift_per_decade=ASSUMED_DRIFT if assumed else k,
+                   c_fit_max=float(t.df["C"].max()), backtests=n, runaway=runaway, assumed=assumed)
 
 
 def spread(loss_samples, s: Scatter, C: float, seed: int = 0) -> tuple[float, float]:

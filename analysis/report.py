@@ -35,9 +35,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis import emergence_report, extrapolation, isoflop, laws, lse, plots, predictive
+from analysis import emergence_report, extrapolation, frontier_law, isoflop, laws, lse, plots, predictive
 from analysis.fit import Analysis, judge
-from analysis.table import Table, load, results_folder
+from analysis.table import COUNTS, Table, load, results_folder
 
 
 def _safe(skipped: dict, name: str, fn, *args, **kwargs):
@@ -52,7 +52,7 @@ def _safe(skipped: dict, name: str, fn, *args, **kwargs):
 def envelope(t: Table, x: str) -> Table:
     """The lowest loss per distinct value of x (e.g. L(N) at the best D for each N)."""
     df = t.df.loc[t.df.groupby(x)["loss"].idxmin()].sort_values(x).reset_index(drop=True)
-    return Table(df, t.source, t.excluded, t.curves)
+    return t.rows(df)
 
 
 def joint_law_refusal(df: pd.DataFrame) -> str | None:
@@ -85,7 +85,7 @@ def _fit_forms(t: Table, n_boot: int, seed: int, method: str, data_law: str = "t
     if front:
         forms["frontier"], extra["frontier"] = front
     # budgets from the label column where it is filled, else from C clustered in log10 (analysis.isoflop.budgets)
-    sub = Table(df[df["budget"].notna()].reset_index(drop=True), t.source) if "budget" in df and \
+    sub = t.rows(df[df["budget"].notna()]) if "budget" in df and \
         df["budget"].notna().any() else t
     for how in ("akima", "parabola"):
         r = _safe(skipped, f"isoflop_{how}", isoflop.approach2, sub, how, n_boot=n_boot, seed=seed,
@@ -161,16 +161,20 @@ def fit_all(t: Table, n_boot: int = laws.N_BOOT, seed: int = 0, holdout_above=No
     chin = forms.get("chinchilla")
     extrap = _safe(skipped, "extrapolation", extrapolation.check, t, holdout_above, holdout_top,
                    n_boot=min(n_boot, 200), seed=seed)
+    frontier = _safe(skipped, "frontier_law", frontier_law.analyse, t, holdout_above, holdout_top,
+                     n_boot=min(n_boot, frontier_law.N_BOOT), seed=seed)
     scatter = predictive.scatter(t, chin, extrapolation.seed_sd(t.df)) if chin is not None else None
+    # the joint law's allocation is solved in 6ND, its own count, whatever the table's
     return Analysis(table=t, forms=forms, skipped=skipped, extra=extra, scatter=scatter,
-                    optimal=_optimal(chin, t.df["C"].max(), budgets_beyond, scatter) if chin else [],
-                    extrapolation=extrap, warnings=_warnings(t.df, forms), n_boot=n_boot)
+                    optimal=_optimal(chin, t.df["C_6ND"].max(), budgets_beyond, scatter) if chin else [],
+                    extrapolation=extrap, warnings=_warnings(t.df, forms), n_boot=n_boot, frontier_law=frontier)
 
 
 def to_json(result: Analysis) -> dict:
     t = result.table
     return {"source": t.source, "n_rows": len(t.df), "n_boot": result.n_boot, "excluded": t.excluded,
             "forms": {k: f.to_json() for k, f in result.forms.items()}, "skipped": result.skipped,
+            "count": t.count, "frontier_law": result.frontier_law,
             "extrapolation": result.extrapolation, "optimal": result.optimal,
             "scatter": result.scatter.to_json() if result.scatter else None,
             "warnings": result.warnings}
@@ -193,6 +197,9 @@ def format_tables(result: Analysis) -> str:
         lines.append(f"\n{name}: not fitted ({why})")
     for w in result.warnings:
         lines.append(f"\nwarning: {w}")
+    if f := result.frontier_law:  # the answer's lines, without their Markdown
+        lines.append("")
+        lines += [line[2:].replace("**", "").replace("`", "") for line in frontier_law.answer_lines(f)]
     e = result.extrapolation
     if e:
         lines.append(f"\nextrapolation: Chinchilla law fitted on {e['n_fit']} runs, predicting {e['holdout']}:")
@@ -260,6 +267,8 @@ def answer(result: Analysis) -> list[str]:
     """The report's first section: exponents, the held-out error, where to spend the next budget, and whether the
     approaches agree, each with its 95% interval."""
     out = ["## The answer", ""]
+    if result.frontier_law:
+        out += frontier_law.answer_lines(result.frontier_law)
     chin = result.forms.get("chinchilla")
     if chin is not None:
         out.append(f"- Joint law (Approach 3): alpha = {_interval(chin, 'alpha')}, beta = {_interval(chin, 'beta')}, "
@@ -336,10 +345,12 @@ def markdown(result: Analysis, figures: list[Path], folder: Path, emergence: str
     out = [f"# Scaling report: {t.source}", "",
            (f"{len(t.df)} runs used; N from {t.df['N'].min():.3g} to {t.df['N'].max():.3g} non-embedding "
            f"parameters, D from {t.df['D'].min():.3g} to {t.df['D'].max():.3g} tokens, C from "
-           f"{t.df['C'].min():.3g} to {t.df['C'].max():.3g} FLOPs (C = 6ND); loss in {t.loss_unit}.")]
+           f"{t.df['C'].min():.3g} to {t.df['C'].max():.3g} FLOPs ({COUNTS[t.count]}); loss in {t.loss_unit}.")]
     if t.excluded:
         out += ["", "Excluded: " + "; ".join(t.excluded) + "."]
     out += [""] + answer(result)
+    if result.frontier_law:
+        out += frontier_law.section(result.frontier_law)
     if result.extrapolation:
         out += _extrapolation_section(result.extrapolation)
     n = result.n_boot
@@ -354,10 +365,10 @@ def markdown(result: Analysis, figures: list[Path], folder: Path, emergence: str
         out += ["Not fitted: " + "; ".join(f"{k} ({v})" for k, v in result.skipped.items()) + ".", ""]
     out += [f"> warning: {w}" for w in result.warnings]
     if result.optimal and (why := _allocation_unknown(result)):
-        out += ["## Compute-optimal allocation beyond the sweep (Chinchilla fit)", "",
+        out += ["## Compute-optimal allocation beyond the sweep (Chinchilla fit, C = 6ND)", "",
                 f"Not identified: the allocation exponent a is not determined by the data ({why}).", ""]
     elif result.optimal:
-        out += ["## Compute-optimal allocation beyond the sweep (Chinchilla fit)", "",
+        out += ["## Compute-optimal allocation beyond the sweep (Chinchilla fit, C = 6ND)", "",
                 "Brackets: 95% intervals of the law's parameters; the last column is where one run trained at that "
                 "allocation should land (predictive: " + result.scatter.describe() + ").", "",
                 "| C (FLOPs) | N_opt | D_opt | tokens / parameter | predicted loss | 95% predictive |",

@@ -6,7 +6,12 @@ Standard columns (the names `scaling collect` writes, so our own tables need no 
     U       unique tokens (--unique-tokens COLUMN), for the data-constrained law; ours: the column D
     D       training tokens used in the fit. For our tables this is `tokens` (tokens seen = steps x batch x
             seq_len), as in Hoffmann et al.; the unique-token budget stays in `U` (our column `D`).
-    C       training compute in FLOPs. Ours: 6 N D. If absent it is computed as 6 N D.
+    C       training compute in FLOPs, counted by --count (COUNTS): 6ND (default: the table's C column, or 6 N D
+            where it has none), 6N_total_D (6 x all parameters x D, from a column N_total) or hardware (the
+            matrix work of a training step, attention and output layer included: a column flops_hardware, or
+            ours computed from flops_with_attention, vocab and d_model). Beside it, C_6ND, C_6N_total_D and
+            C_hardware where the table allows them: the joint law's compute-optimal allocation is solved in 6ND,
+            and the frontier law counts in 6 N_total D unless --count says otherwise (docs/protocol.md).
     loss    final loss (ours: the column `loss`, evaluation loss in nats per token on the fixed validation set, or
             with --loss bpb the column `bpb`, bits per byte of text, which compares across tokenizers; our learning
             curves then follow, eval_bpb in place of eval_loss)
@@ -21,7 +26,7 @@ whose status is not "completed", are excluded and reported.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +34,9 @@ import pandas as pd
 
 REQUIRED = ("N", "D", "C", "loss")
 BPB = "bpb"  # our bits-per-byte column (scaling.collect)
+# How compute is counted (scaling.sizes names the conventions): what the report says for each
+COUNTS = {"6ND": "C = 6ND", "6N_total_D": "C = 6 N_total D", "hardware": "C = hardware FLOPs (6 N_total D plus "
+          "attention, without the embedding lookup)"}
 
 
 class TableError(ValueError):
@@ -42,6 +50,12 @@ class Table:
     excluded: list[str] = field(default_factory=list)  # human-readable reasons, one per excluded group
     curves: pd.DataFrame | None = None  # our curves.parquet, if present (eval_loss in the table's loss unit)
     loss_unit: str = "nats / token"  # "bits / byte" when the loss is our bpb column
+    count: str = "6ND"  # how C is counted (COUNTS)
+    frontier_count: str = "6ND"  # how the frontier law counts it: the column C_<count>
+
+    def rows(self, df: pd.DataFrame) -> Table:
+        """The same table (source, units, counts) with other rows."""
+        return replace(self, df=df.reset_index(drop=True))
 
 
 def read_any(path: str | Path) -> pd.DataFrame:
@@ -75,7 +89,7 @@ def _problem(e: Exception) -> str:
 def load(path: str | Path, n: str | None = None, d: str | None = None, c: str | None = None,
          loss: str | None = None, steps: str | None = None, group: str | None = None, seed: str | None = None,
          budget: str | None = None, best_per: tuple[str, ...] | None = None,
-         where: str | None = None, unique_tokens: str | None = None) -> Table:
+         where: str | None = None, unique_tokens: str | None = None, count: str | None = None) -> Table:
     """Read a table and map its columns. best_per=("N", "D") keeps the lowest-loss row per (N, D), e.g. the
     best learning rate; `where` is a pandas query applied to the raw table first."""
     raw = read_any(path)
@@ -91,7 +105,7 @@ def load(path: str | Path, n: str | None = None, d: str | None = None, c: str | 
                              f"that did not record bits per byte); use the default loss")
         curves = curves.assign(eval_loss=curves["eval_bpb"])
     t = from_frame(raw, str(path), n=n, d=d, c=c, loss=loss, steps=steps, group=group, seed=seed,
-                   budget=budget, best_per=best_per, curves=curves, unique_tokens=unique_tokens)
+                   budget=budget, best_per=best_per, curves=curves, unique_tokens=unique_tokens, count=count)
     if loss == BPB:
         t.loss_unit = "bits / byte"
     return t
@@ -134,7 +148,10 @@ def _pick(raw: pd.DataFrame, given: str | None, defaults: tuple[str, ...], what:
 
 
 def from_frame(raw: pd.DataFrame, source: str = "<frame>", n=None, d=None, c=None, loss=None, steps=None,
-               group=None, seed=None, budget=None, best_per=None, curves=None, unique_tokens=None) -> Table:
+               group=None, seed=None, budget=None, best_per=None, curves=None, unique_tokens=None,
+               count: str | None = None) -> Table:
+    if count is not None and count not in COUNTS:
+        raise TableError(f"--count {count!r} is not a counting convention; allowed: {', '.join(COUNTS)}")
     cols = {
         "N": _pick(raw, n, ("N", "params", "n_params"), "N", False),
         "D": _pick(raw, d, ("tokens", "D", "train_tokens", "training_tokens"), "D", False),
@@ -162,8 +179,8 @@ def from_frame(raw: pd.DataFrame, source: str = "<frame>", n=None, d=None, c=Non
     excluded = []
     if "status" in df:
         bad = df["status"].astype(str) != "completed"
-        for status, count in df.loc[bad, "status"].astype(str).value_counts().items():
-            excluded.append(f"{count} row(s) with status {status!r}")
+        for status, rows in df.loc[bad, "status"].astype(str).value_counts().items():
+            excluded.append(f"{rows} row(s) with status {status!r}")
         df = df[~bad]
     for k in ("N", "D", "C", "loss"):
         if k in df:
@@ -176,6 +193,15 @@ def from_frame(raw: pd.DataFrame, source: str = "<frame>", n=None, d=None, c=Non
         df["D"] = df["C"] / (6 * df["N"])
     if "C" not in df:
         df["C"] = 6 * df["N"] * df["D"]
+    df["C_6ND"] = 6 * df["N"].astype(float) * df["D"].astype(float)
+    for other in ("6N_total_D", "hardware"):
+        try:
+            df[f"C_{other}"] = _counted(raw, df, other)
+        except TableError:
+            if count == other:
+                raise
+    if count not in (None, "6ND"):
+        df["C"] = df[f"C_{count}"]
     values = df[list(REQUIRED)].to_numpy(float)
     ok = np.isfinite(values).all(1) & (values > 0).all(1)
     if (~ok).any():
@@ -191,4 +217,28 @@ def from_frame(raw: pd.DataFrame, source: str = "<frame>", n=None, d=None, c=Non
             excluded.append(f"{before - len(df)} row(s) not the lowest loss for their {'/'.join(best_per)}")
     if len(df) == 0:
         raise TableError(f"{source}: no usable rows ({'; '.join(excluded) or 'empty table'})")
-    return Table(df, source, excluded, curves)
+    # the frontier law's own count where none is asked for: 6 N_total D where the table allows it (docs/protocol.md)
+    frontier = count or ("6N_total_D" if "C_6N_total_D" in df else "6ND")
+    return Table(df, source, excluded, curves, count=count or "6ND", frontier_count=frontier)
+
+
+def _counted(raw: pd.DataFrame, df: pd.DataFrame, count: str) -> np.ndarray:
+    """Compute under another counting convention than 6ND, from the raw table's columns (df's index: the raw
+    row each of its rows came from)."""
+    def column(name):
+        return pd.to_numeric(raw[name], errors="coerce").to_numpy(float)[df.index]
+
+    tokens = df["D"].to_numpy(float)
+    if count == "6N_total_D":
+        if "N_total" not in raw:
+            raise TableError("--count 6N_total_D needs a column N_total (all parameters, embeddings included); "
+                             f"columns: {', '.join(map(str, raw.columns))}")
+        return 6 * column("N_total") * tokens
+    if "flops_hardware" in raw:
+        return column("flops_hardware")
+    ours = ("flops_with_attention", "vocab", "d_model")
+    if not all(k in raw for k in ours):
+        raise TableError("--count hardware needs a column flops_hardware (training FLOPs of each run, attention "
+                         f"included), or ours: {', '.join(ours)}; columns: {', '.join(map(str, raw.columns))}")
+    # the tied output layer is real matrix work that the attention convention leaves out (scaling.sizes)
+    return column("flops_with_attention") + 6 * column("vocab") * column("d_model") * tokens

@@ -7,6 +7,8 @@
     scaling collect RESULTS                  run folders -> runs.csv, runs.parquet, curves.parquet
     scaling fit | predict | plot | report RESULTS ...   analysis, no training (see `scaling fit --help`)
     scaling emergence RESULTS [--axis ...]   emergence thresholds of probe metrics (or any table's metrics)
+    scaling backtest RESULTS ...             every budget held out in turn: the frontier law's and the joint law's
+                                             errors, and how often the joint law's intervals cover
     scaling bench [--sizes ...]              training throughput of the size ladder against the device's peak
 """
 
@@ -17,7 +19,8 @@ import sys
 from scaling import app, collect, data, runs, signals, sweep, sweep_plan
 from scaling.config import ConfigError, validate
 
-COMMANDS = ("train", "sweep", "plan", "corpus", "collect", "fit", "predict", "plot", "report", "emergence", "bench")
+COMMANDS = ("train", "sweep", "plan", "corpus", "collect", "fit", "predict", "plot", "report", "emergence", "backtest",
+            "bench")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,6 +50,10 @@ def main(argv: list[str] | None = None) -> int:
 
     if command == "emergence":
         return analysis_cli.emergence(rest)
+    if command == "backtest":
+        from analysis import backtests
+
+        return backtests.main(rest)
     return analysis_cli.main(command, rest)
 
 

@@ -263,7 +263,8 @@ def _sweep(spec: dict, extra: list[str], rows: list[PlannedRun]) -> int:
     from analysis.table import TableError
 
     try:
-        report.build(results, quiet=False, n_boot=int(spec.get("n_boot", 1000)), loss=spec.get("loss"))
+        report.build(results, quiet=False, n_boot=int(spec.get("n_boot", 1000)), loss=spec.get("loss"),
+                     count=spec.get("count"))
     except TableError as e:
         print(f"scaling sweep: no report: {e}", file=sys.stderr)
         return 1

@@ -17,6 +17,8 @@ product that Hydra's sweeper expands, and the union of the grids is the sweep:
                                      # program per grid point (scaling.packing)
     loss: loss                       # the runs-table column the report fits: loss (nats per token) or bpb (bits
                                      # per byte, to compare tokenizers)
+    count: 6ND                       # how the report counts compute: 6ND, 6N_total_D or hardware
+                                     # (analysis.table.COUNTS)
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ PACKED_KEYS = {"train.seed": "train.seeds", "optim.lr": "optim.lrs"}
 # The keys a sweep file may hold, with what each must be.
 SCHEMA = {"name": "a name (the results folder)", "n_boot": "a positive integer",
           "overrides": "a list of Hydra overrides", "grids": "a list of maps of config key -> list of values",
-          "wsd_branches": "true or false", "pack": "true or false", "loss": "loss or bpb"}
+          "wsd_branches": "true or false", "pack": "true or false", "loss": "loss or bpb",
+          "count": "6ND, 6N_total_D or hardware"}
 
 
 def load_sweep(path: str | Path) -> dict:
@@ -79,7 +82,7 @@ def _check(p: Path, spec: dict) -> None:
           "overrides": lambda v: isinstance(v, list) and all(isinstance(o, str) and "=" in o for o in v),
           "grids": lambda v: isinstance(v, list) and v and all(isinstance(g, dict) and g for g in v),
           "wsd_branches": lambda v: isinstance(v, bool), "pack": lambda v: isinstance(v, bool),
-          "loss": lambda v: v in ("loss", "bpb")}
+          "loss": lambda v: v in ("loss", "bpb"), "count": lambda v: v in ("6ND", "6N_total_D", "hardware")}
     for key, value in spec.items():
         if not ok[key](value):
             raise ConfigError(f"{p}: {key} must be {SCHEMA[key]}, got {value!r}")

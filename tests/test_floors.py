@@ -27,7 +27,7 @@ def test_scaling_plan_runs_without_jax(tmp_path):
             f"assert cli.main(['plan', 'sweeps/quick.yaml', 'results_dir={tmp_path}']) == 0\n")
     r = _without(code, "jax")
     assert r.returncode == 0, r.stderr
-    assert "sweep quick: 26 cells" in r.stdout and "total: C" in r.stdout
+    assert "sweep quick: 18 cells" in r.stdout and "total: C" in r.stdout
 
 
 def test_the_pure_floor_imports_no_jax():

@@ -89,3 +89,17 @@ def test_backtests_whose_law_runs_away_are_counted_and_left_out(monkeypatch, run
         assert used > 0 and k < 1e-3
     else:  # nothing left to measure drift with: the interval must not pretend to know it
         assert used == 0 and k == float("inf")
+
+
+def test_a_table_too_small_to_backtest_gets_the_assumed_drift_and_says_so():
+    """Two budgets of five runs: no split leaves 8 runs to refit, so the drift cannot be measured. The interval
+    must still widen beyond the fitted compute (in our backtests intervals without drift held 19 of 25 runs one
+    budget up), and the report must say the drift is assumed."""
+    true = {"E": 1.69, "A": 406.4, "alpha": 0.34, "B": 410.7, "beta": 0.28}
+    df = pd.DataFrame([{"N": n, "D": c / (6 * n), "C": c} for c in (1e18, 10 ** 18.5) for n in
+                       np.geomspace(3e7, 3e9, 5)])
+    t = from_frame(df.assign(loss=laws.chinchilla_loss(true, df["N"], df["D"])))
+    s = predictive.scatter(t, laws.chinchilla(t, n_boot=0))
+    assert s.backtests == 0 and s.assumed and s.drift_per_decade == predictive.ASSUMED_DRIFT
+    assert "assumed" in s.describe() and s.to_json()["assumed"]
+    assert s.sd(s.c_fit_max * 10) >= predictive.ASSUMED_DRIFT > s.sd(s.c_fit_max)
