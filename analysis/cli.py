@@ -27,6 +27,11 @@ def _parser(command: str) -> argparse.ArgumentParser:
     g.add_argument("--best-per", metavar="COLS", help="keep the lowest-loss row per these standard columns, "
                    "comma-separated (e.g. N,D to keep the best learning rate)")
     g.add_argument("--where", metavar="QUERY", help="pandas query on the raw table, e.g. 'N < 1.25e9'")
+    dup = g.add_mutually_exclusive_group()
+    dup.add_argument("--strict", action="store_const", dest="duplicates", const="refuse", default="once",
+                     help="refuse rows that repeat another row exactly (default: count each once, and say so)")
+    dup.add_argument("--keep-duplicates", action="store_const", dest="duplicates", const="keep",
+                     help="keep rows that repeat another exactly, as a published fit that counted them did")
     g.add_argument("--count", choices=list(COUNTS),
                    help="how compute C is counted for every fit: " + "; ".join(f"{k}: {v}" for k, v in COUNTS.items())
                    + " (default: 6ND, and 6N_total_D for the frontier law where the table has N_total; the joint "
@@ -41,6 +46,10 @@ def _parser(command: str) -> argparse.ArgumentParser:
                             "one R* fitted with all five Chinchilla parameters")
         p.add_argument("--holdout-above-flops", type=float, help="extrapolation check: fit below this C")
         p.add_argument("--holdout-top", type=int, help="extrapolation check: hold out the k largest-C runs")
+        p.add_argument("--noise", type=float, metavar="SD",
+                       help="the loss noise (sd, loss units) of Porian et al.'s IsoFLOP bootstrap; default: theirs "
+                            "for a `dataset` column naming RefinedWeb (0.002) or OpenWebText2 (0.01), else the "
+                            "table's measured seed noise, else 0.002")
     if command == "fit":
         p.add_argument("--json", action="store_true", help="print fit.json to stdout instead of tables")
         p.add_argument("--method", choices=("fast", "full"), default="fast",
@@ -58,7 +67,8 @@ def _parser(command: str) -> argparse.ArgumentParser:
 def _load_kwargs(args) -> dict:
     best = tuple(s.strip() for s in args.best_per.split(",")) if args.best_per else None
     return {k: getattr(args, f"{k}_col") for k in ("n", "d", "c", "loss", "steps", "group", "seed", "budget")} | \
-        {"best_per": best, "where": args.where, "unique_tokens": args.unique_tokens_col, "count": args.count}
+        {"best_per": best, "where": args.where, "unique_tokens": args.unique_tokens_col, "count": args.count,
+         "duplicates": args.duplicates}
 
 
 def main(command: str, argv: list[str]) -> int:
@@ -69,7 +79,8 @@ def main(command: str, argv: list[str]) -> int:
                          figures_only=command == "plot",
                          holdout_above=args.holdout_above_flops if command == "report" else None,
                          holdout_top=args.holdout_top if command == "report" else None,
-                         data_law=args.data_law if command == "report" else "two-stage", **_load_kwargs(args))
+                         data_law=args.data_law if command == "report" else "two-stage",
+                         noise=args.noise if command == "report" else None, **_load_kwargs(args))
             folder = results_folder(args.results)
             print(f"wrote figures to {folder / 'plots'}" + (f" and {folder / 'report.md'}" if command == "report"
                                                              else ""))
@@ -80,8 +91,13 @@ def main(command: str, argv: list[str]) -> int:
         return 2
     if command == "predict":
         return _predict(t, args)
-    result = report.fit_all(t, n_boot=args.n_boot, holdout_above=args.holdout_above_flops,
-                            holdout_top=args.holdout_top, method=args.method, data_law=args.data_law)
+    try:
+        result = report.fit_all(t, n_boot=args.n_boot, holdout_above=args.holdout_above_flops,
+                                holdout_top=args.holdout_top, method=args.method, data_law=args.data_law,
+                                noise=args.noise)
+    except TableError as e:
+        print(f"scaling {command}: {e}", file=sys.stderr)
+        return 2
     doc = report.to_json(result)
     (results_folder(args.results) / "fit.json").write_text(json.dumps(doc, indent=1, default=float))
     print(json.dumps(doc, indent=1, default=float) if args.json else report.format_tables(result))
@@ -160,13 +176,16 @@ def emergence(argv: list[str]) -> int:
                    "binomial standard errors")
     p.add_argument("--pair", action="append", help="DISCONTINUOUS=CONTINUOUS: the counterpart shown beside it")
     p.add_argument("--group", help="model family column: each family is analysed on its own")
+    p.add_argument("--lower-is-better", action="append", default=[], metavar="COLUMN",
+                   help="a metric that falls as models improve (loss, perplexity, nll, bpb and ppl are known by name)")
     p.add_argument("--n-boot", type=int, default=400, help="bootstrap resamples (default 400)")
     p.add_argument("--format", choices=("png", "svg", "pdf"), default="png")
     args = p.parse_args(argv)
     try:
         results = emergence_report.build(args.results, n_boot=args.n_boot, fmt=args.format, quiet=False, metrics=args.metric,
                         axes=args.axis, chance=_pairs(args.chance, "chance", number=True),
-                        items=_pairs(args.items, "items"), pairs=_pairs(args.pair, "pair"), group=args.group)
+                        items=_pairs(args.items, "items"), pairs=_pairs(args.pair, "pair"), group=args.group,
+                        lower=args.lower_is_better)
     except TableError as e:
         print(f"scaling emergence: {e}", file=sys.stderr)
         return 2

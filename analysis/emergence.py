@@ -45,6 +45,7 @@ scale, with I = sign(argmax - argmin) (max - min).
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -88,6 +89,7 @@ class Series:
     discontinuous: bool = True
     counterpart: str | None = None  # the continuous metric of the same task shown beside it
     group: str | None = None
+    counterpart_task: str | None = None  # the counterpart's task, when its column names another (no "task/" prefix)
 
 
 def normalise(s: Series) -> tuple[np.ndarray, float, float, bool]:
@@ -191,7 +193,8 @@ def detect(s: Series, n_boot: int = 400, seed: int = 0, max_width: float = MAX_W
                   "n_items": None if s.n_items is None else np.asarray(s.n_items)[ok]})
     x = s.x
     out = {"task": s.task, "metric": s.metric, "axis": s.axis, "group": s.group, "n_points": len(x),
-           "discontinuous": s.discontinuous, "counterpart": s.counterpart}
+           "discontinuous": s.discontinuous, "counterpart": s.counterpart,
+           "counterpart_task": s.counterpart_task or s.task}
     if len(np.unique(x)) < 4:
         return {**out, "verdict": "too few points", "p": math.nan}
     u, lo, hi, floor_known = normalise(s)
@@ -260,8 +263,10 @@ def pair_artefacts(results: list[dict]) -> None:
     discontinuous one jumps."""
     by_key = {(r["task"], r["metric"], r["axis"], r["group"]): r for r in results}
     for r in results:
-        c = by_key.get((r["task"], r["counterpart"], r["axis"], r["group"])) if r.get("counterpart") else None
-        r["counterpart_verdict"] = c["verdict"] if c else None
+        key = (r.get("counterpart_task") or r["task"], r["counterpart"], r["axis"], r["group"])
+        c = by_key.get(key) if r.get("counterpart") else None
+        # a named counterpart always gets a verdict: "not analysed" when it is not among the metrics analysed
+        r["counterpart_verdict"] = c["verdict"] if c else ("not analysed" if r.get("counterpart") else None)
         if c and r["discontinuous"] and r["verdict"] in FLAGGED and c["verdict"] not in SHARP:
             r["verdict"] = "metric artefact"
 
@@ -280,14 +285,28 @@ def analyse(series: list[Series], n_boot: int = 400, seed: int = 0, max_width: f
 
 # ---- tables ---------------------------------------------------------------------------------------------------
 
-LOWER_IS_BETTER = ("loss", "nll", "cross_entropy", "edit_distance", "icl_score", "perplexity")
+LOWER_IS_BETTER = ("loss", "nll", "cross_entropy", "edit_distance", "icl_score", "perplexity", "bpb")
+LOWER_IS_BETTER_WORDS = ("ppl", "bpc", "wer", "cer")  # whole words only: "ppl" is lm-eval's perplexity, not "apple"
+
+
+def lower_is_better(name: str, column: str = "", named: tuple[str, ...] = ()) -> bool:
+    """Whether a metric falls as models improve: by its name (LOWER_IS_BETTER anywhere in it, or a whole word of
+    LOWER_IS_BETTER_WORDS), or because the user named its column (--lower-is-better)."""
+    low = name.lower()
+    return column in named or name in named or any(k in low for k in LOWER_IS_BETTER) or \
+        any(w in LOWER_IS_BETTER_WORDS for w in re.split(r"[^a-z0-9]+", low))
 CONTINUOUS = ("logprob", "per_digit", "token_accuracy", "edit_similarity", "icl_score", "loss", "nll",
               "cross_entropy", "brier")
 
 
+def _task(col: str) -> str:
+    """A metric column's task: what comes before its last "/" (ours: probe/<task>/<metric>), or the column itself."""
+    return col.rpartition("/")[0].removeprefix("probe/") or col
+
+
 def series_from_frame(df: pd.DataFrame, metrics: list[str], axes: list[str], chance: dict | None = None,
                       ceiling: dict | None = None, group: str | None = None, pairs: dict | None = None,
-                      items: dict | None = None) -> list[Series]:
+                      items: dict | None = None, lower: tuple[str, ...] = ()) -> list[Series]:
     """Series for every metric x axis (x group). Metric columns named 'task/metric' are grouped by task; the
     direction and kind (discontinuous or continuous) follow the metric's name; `pairs` maps a discontinuous
     metric column to its continuous counterpart column. Chance may be a number or the name of a column."""
@@ -299,16 +318,16 @@ def series_from_frame(df: pd.DataFrame, metrics: list[str], axes: list[str], cha
             scale = pd.to_numeric(d[axis], errors="coerce").to_numpy(float)
             x = -scale if axis == "loss" else np.log10(np.where(scale > 0, scale, np.nan))
             for col in metrics:
-                task, _, name = col.rpartition("/")
-                task = task.removeprefix("probe/") or col  # our columns are probe/<task>/<metric>
+                task, name = _task(col), col.rpartition("/")[2]
                 c = chance.get(col)
                 if isinstance(c, str):
                     c = float(pd.to_numeric(d[c], errors="coerce").mean())
                 out.append(Series(
                     task=task, metric=name or col, axis=axis, x=x, y=pd.to_numeric(d[col], errors="coerce")
-                    .to_numpy(float), higher_is_better=not any(k in (name or col).lower() for k in LOWER_IS_BETTER),
+                    .to_numpy(float), higher_is_better=not lower_is_better(name or col, col, lower),
                     chance=c, ceiling=ceiling.get(col),
                     n_items=d[items[col]].to_numpy(float) if col in items else None,
                     discontinuous=not any(k in (name or col).lower() for k in CONTINUOUS),
-                    counterpart=(pairs[col].rpartition("/")[2] or pairs[col]) if col in pairs else None, group=g))
+                    counterpart=(pairs[col].rpartition("/")[2] or pairs[col]) if col in pairs else None, group=g,
+                    counterpart_task=_task(pairs[col]) if col in pairs else None))
     return out

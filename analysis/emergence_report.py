@@ -52,21 +52,21 @@ def discover(df: pd.DataFrame) -> tuple[list[str], dict, dict, dict]:
 
 
 def analyse_table(df: pd.DataFrame, metrics=None, axes=None, chance=None, pairs=None, group=None, items=None,
-                  n_boot: int = 400, seed: int = 0) -> list[dict]:
+                  n_boot: int = 400, seed: int = 0, lower=()) -> list[dict]:
     found = discover(df)
     metrics = metrics or found[0]
     if not metrics:
         raise TableError("no metric columns: name them with --metric (our tables have probe/<task>/<metric> "
                          "columns when a sweep sets probes.tasks)")
     axes = axes or [a for a in DEFAULT_AXES if a in df]
-    missing = [c for c in [*metrics, *axes, *([group] if group else [])] if c not in df]
+    missing = [c for c in [*metrics, *axes, *([group] if group else []), *lower] if c not in df]
     if missing:
         raise TableError(f"columns not in the table: {missing}; it has: {list(df.columns)[:40]}")
     if "status" in df:
         df = df[df["status"] == "completed"]
     series = em.series_from_frame(df, metrics, axes, chance={**found[1], **(chance or {})},
                                   items={**found[2], **(items or {})}, pairs={**found[3], **(pairs or {})},
-                                  group=group)
+                                  group=group, lower=tuple(lower))
     return em.analyse(series, n_boot=n_boot, seed=seed)
 
 

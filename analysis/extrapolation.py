@@ -6,8 +6,8 @@ runs (--holdout-top), or, by default, every run of the largest compute budget wh
 
 Each prediction carries two 95% intervals: the parameter-only one (the bootstrap of the refitted law) and the
 predictive one (analysis.predictive: the bootstrap times the residual scatter of the fitted runs, the seed noise
-of replicate runs (cells that share N and D) and the law's measured drift per decade of extrapolation). A held-out
-run counts as inside when it lies in its predictive interval.
+of replicate runs (runs equal in every design column, DESIGN) and the law's measured drift per decade of
+extrapolation). A held-out run counts as inside when it lies in its predictive interval.
 
 Where held-out cells have replicate runs, the check also separates noise from misfit: each cell's mean loss over
 its seeds against the prediction, in units of the noise of that mean (the held-out replicates' pooled seed sd over
@@ -26,18 +26,23 @@ from analysis.isoflop import budgets
 from analysis.table import Table
 
 MIN_BUDGETS = 3  # holding out the largest budget leaves at least two to fit
+# What a run's design is: replicates are runs equal in all of these that the table has (a seed aside), never in N
+# and D alone: runs that differ only in unique tokens, schedule, group or budget differ by design, not by noise
+DESIGN = ("N", "D", "U", "schedule", "group", "budget")
 
 
 def seed_noise(df: pd.DataFrame) -> dict | None:
-    """Run-to-run scatter from replicates (cells with the same N and D): the pooled standard deviation of log
-    loss, which is the relative standard deviation of loss to first order. None without replicates."""
-    logs = np.log(df["loss"].astype(float)).groupby([df["N"], df["D"]])
+    """Run-to-run scatter from replicates (cells of runs equal in every DESIGN column): the pooled standard
+    deviation of log loss, which is the relative standard deviation of loss to first order. None without
+    replicates."""
+    design = [c for c in DESIGN if c in df]
+    logs = np.log(df["loss"].astype(float)).groupby([df[c] for c in design], dropna=False)
     sizes = logs.size()
     if (sizes >= 2).sum() == 0:
         return None
     var, dof = logs.var(ddof=1)[sizes >= 2], (sizes - 1)[sizes >= 2]
-    per_cell = [{"N": float(n), "D": float(d), "runs": int(sizes[(n, d)]), "rel_sd": float(np.sqrt(v))}
-                for (n, d), v in var.items()]
+    per_cell = [{"N": float(key[0]), "D": float(key[1]), "runs": int(sizes[key]), "rel_sd": float(np.sqrt(v))}
+                for key, v in var.items()]
     return {"rel_sd": float(np.sqrt((var * dof).sum() / dof.sum())), "cells": len(var),
             "runs": int(sizes[sizes >= 2].sum()), "dof": int(dof.sum()), "per_cell": per_cell}
 

@@ -3,12 +3,14 @@
 What a user of a small grid most wants is the loss the next budget reaches at its best size. The law is fitted to
 the best loss of each budget of the table:
 
-    L*(C) = E + A C^-gamma      where E is identified
-    L*(C) = A C^-gamma          otherwise (fewer than 4 budgets, or E's interval leaves the data)
+    L*(C) = E + A C^-gamma      where it has been tested: 5 budgets or more, and its backtests beat the pure law's
+    L*(C) = A C^-gamma          otherwise
 
-A budget's best loss is its lowest cell mean: a cell is the runs equal in N and D (and U where the table has it),
-its loss the geometric mean over its seeds. C is that cell's compute, counted as the table counts it (6ND,
-6 N_total D or hardware FLOPs: analysis.table.COUNTS). Budgets are the IsoFLOP budgets of analysis.isoflop.
+A budget's best loss is its lowest cell mean: a cell is the runs equal in every design column (N, D, U,
+schedule, group), its loss the geometric mean over its seeds. C is that cell's compute, counted as the table's
+frontier_count says: 6 N_total D where the table has N_total and no --count was given (it predicted the next
+budget best in the backtests of docs/protocol.md), else the table's count (analysis.table.COUNTS). Budgets are
+the IsoFLOP budgets of analysis.isoflop.
 
 Uncertainty, all in log loss:
 * noise of a best loss: the pooled seed sd of replicate cells (analysis.extrapolation.seed_noise) over the square
@@ -30,7 +32,7 @@ import pandas as pd
 from scipy.optimize import least_squares
 
 from analysis import lse
-from analysis.extrapolation import seed_noise
+from analysis.extrapolation import DESIGN, seed_noise
 from analysis.isoflop import budgets
 from analysis.table import COUNTS, Table
 
@@ -41,7 +43,6 @@ MIN_BUDGETS_FOR_E = 4  # E + A C^-gamma has three parameters: at least one budge
 ASSUMED_DRIFT = 0.10
 E_STARTS = (0.0, 0.3, 0.6, 0.8, 0.9, 0.95)  # E as a fraction of the lowest best loss
 N_BOOT = 400
-DESIGN = ("N", "D", "U")  # the columns a cell's runs share; the rest (seed) varies between replicates
 
 
 @dataclass(kw_only=True)
@@ -103,20 +104,22 @@ def _log_law(theta, logc, saturating: bool, batched: bool = False) -> np.ndarray
 
 def best_per_budget(t: Table) -> pd.DataFrame:
     """Each budget's best cell: budget (compute of the budget), C (the cell's own, as counted), N, D, loss (the
-    geometric mean over the cell's seeds), seeds, and bracketed: whether the budget has a smaller and a larger size
-    than its best (if not, its optimum lies outside the sizes sampled and its best loss is only an upper bound)."""
+    geometric mean over the cell's seeds), seeds, bracketed: whether the budget has a smaller and a larger size
+    than its best (if not, its optimum lies outside the sizes sampled and its best loss is only an upper bound), and
+    sizes: how many distinct N the budget sampled."""
     df = t.df.assign(budget_C=budgets(t.df), log_loss=np.log(t.df["loss"].to_numpy(float)),
                      C_counted=t.df[f"C_{t.frontier_count}"] if f"C_{t.frontier_count}" in t.df else t.df["C"])
-    design = [c for c in DESIGN if c in df]
-    cells = df.groupby(["budget_C", *design], sort=True).agg(
+    design = [c for c in DESIGN if c in df and c != "budget"]  # budget_C stands for it
+    cells = df.groupby(["budget_C", *design], sort=True, dropna=False).agg(
         C=("C_counted", "mean"), log_loss=("log_loss", "mean"), seeds=("log_loss", "size")).reset_index()
     best = cells.loc[cells.groupby("budget_C")["log_loss"].idxmin()].sort_values("budget_C")
-    sizes = cells.groupby("budget_C")["N"].agg(["min", "max"])
+    sizes = cells.groupby("budget_C")["N"].agg(["min", "max", "nunique"])
     bracketed = [sizes.loc[b, "min"] < n < sizes.loc[b, "max"] for b, n in zip(best["budget_C"], best["N"])]
     return pd.DataFrame({"budget": best["budget_C"].to_numpy(), "C": best["C"].to_numpy(),
                          "N": best["N"].to_numpy(), "D": best["D"].to_numpy(),
                          "loss": np.exp(best["log_loss"].to_numpy()), "seeds": best["seeds"].to_numpy(),
-                         "bracketed": np.array(bracketed, bool)})
+                         "bracketed": np.array(bracketed, bool),
+                         "sizes": sizes.loc[best["budget_C"], "nunique"].to_numpy()})
 
 
 def bracketing_warning(points: pd.DataFrame) -> str | None:
@@ -239,9 +242,10 @@ def fit(t: Table, n_boot: int = N_BOOT, seed: int = 0, saturating: bool | None =
     """The frontier law of a table (ValueError when it has fewer than MIN_BUDGETS budgets). noise: (seed sd of one
     run's log loss, where it comes from), when measured on other runs than these (a held-out budget's seeds)."""
     every = best_per_budget(t)
-    if len(every) < MIN_BUDGETS:
-        raise ValueError(f"the frontier law needs at least {MIN_BUDGETS} compute budgets; the table has "
-                         f"{len(every)}")
+    if (isoflop := int((every["sizes"] >= 2).sum())) < MIN_BUDGETS:
+        raise ValueError(f"the frontier law needs at least {MIN_BUDGETS} compute budgets of 2 or more sizes each; the "
+                         f"table has {isoflop}")
+    every = every[every["sizes"] >= 2].reset_index(drop=True)
     points, selection = _usable(every, bracketed_only)
     noise, noise_source = noise if noise is not None else _noise(t, points)
     logc, y = np.log(points["C"].to_numpy(float)), np.log(points["loss"].to_numpy(float))
@@ -253,9 +257,8 @@ def fit(t: Table, n_boot: int = N_BOOT, seed: int = 0, saturating: bool | None =
     drift, backtests = _drift(points, noise, sat)
     return FrontierLaw(points=points, every=every, selection=selection, saturating=sat,
                        params=_summary(theta, samples, sat), noise=noise, noise_source=noise_source,
-                       drift_per_decade=drift, drift_assumed=not backtests, backtests=backtests, count=t.frontier_count, theta=theta,
-                       samples=samples,
-                       why_power=why)
+                       drift_per_decade=drift, drift_assumed=not backtests, backtests=backtests,
+                       count=t.frontier_count, theta=theta, samples=samples, why_power=why)
 
 
 def predictions(law: FrontierLaw, points: pd.DataFrame, seed: int = 0) -> list[dict]:
@@ -292,7 +295,7 @@ def check(t: Table, above_flops=None, top_k=None, n_boot: int = N_BOOT, seed: in
     from analysis.extrapolation import holdout_split  # the same split as the joint law's check
 
     fit_t, held, label = holdout_split(t, above_flops, top_k)
-    if len(held) == 0 or len(best_per_budget(fit_t)) < MIN_BUDGETS:
+    if len(held) == 0 or (best_per_budget(fit_t)["sizes"] >= 2).sum() < MIN_BUDGETS:
         return None
     whole = best_per_budget(t)
     law = fit(fit_t, n_boot=n_boot, seed=seed, noise=_noise(t, whole))
@@ -341,8 +344,8 @@ def answer_lines(doc: dict) -> list[str]:
 def section(doc: dict) -> list[str]:
     """The report's frontier-law section: the best run of each budget, the backtests and the check."""
     out = ["## Frontier law", "",
-           (f"`{doc['formula']}` fitted to the best loss of each budget ({COUNTS[doc['count']]}); a budget's best is its "
-            f"lowest cell mean over seeds. {params(doc)}."
+           (f"`{doc['formula']}` fitted to the best loss of each budget ({COUNTS[doc['count']]}); a budget's best is "
+            f"its lowest cell mean over seeds. {params(doc)}."
             + (f" E is left out: {doc['why_power']}." if doc.get("why_power") else "")),
            "", (f"Noise: {doc['noise_source']}. Drift: {100 * doc['drift_per_decade']:.2f}% per decade outside the "
                 "fitted budgets, " + ("assumed: two budgets cannot backtest themselves (the median of our backtests, "

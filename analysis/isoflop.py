@@ -88,15 +88,28 @@ def _fit_exponents(C: np.ndarray, n_opt: np.ndarray, sd: np.ndarray | None = Non
 # Porian et al. (2024): the noise added to each loss in the noise bootstrap (their RefinedWeb setting).
 NOISE_SD = (0.002, 0.05)  # below log loss 3 and above log loss 7, log-linear between
 NOISE_LOG_LOSS = (3.0, 7.0)
+# Their setting per dataset (configs.py of formll/resolving-scaling-law-discrepancies: RW_SEED_CONFIG and
+# OWT2_SEED_CONFIG). For losses below e^3, as all of theirs are, the noise is the low end: 0.002 on RefinedWeb and
+# 0.01 on OpenWebText2. A table whose `dataset` column names one of these gets its noise (analysis.table).
+DATASET_NOISE = {"rw": 0.002, "refinedweb": 0.002, "owt2": 0.01, "openwebtext2": 0.01}
 INTERP_PER_GAP = 25  # interpolation points per gap between sampled sizes
 MIN_SD_GAPS = 0.33  # the sd of a budget's log N_opt is at least this many sampled gaps
+
+
+def dataset_noise(df: pd.DataFrame) -> float | None:
+    """Porian et al.'s noise for the table's dataset (one value of a `dataset` column in DATASET_NOISE), or None."""
+    if "dataset" not in df:
+        return None
+    names = {str(v).strip().lower() for v in df["dataset"].dropna().unique()}
+    return DATASET_NOISE.get(names.pop()) if len(names) == 1 else None
 
 
 def porian_noise(loss: np.ndarray) -> np.ndarray:
     return np.exp(np.interp(np.log(loss), NOISE_LOG_LOSS, np.log(NOISE_SD)))
 
 
-def _porian_budget(n: np.ndarray, loss: np.ndarray, n_boot: int, rng: np.random.Generator, rel_noise=None):
+def _porian_budget(n: np.ndarray, loss: np.ndarray, n_boot: int, rng: np.random.Generator, rel_noise=None,
+                   abs_noise=None):
     """One budget by Porian et al.'s procedure: (log N_opt, its sd, the noised log minima), or None when the
     minimum is at the edge in more than half of the noised copies."""
     logn, inverse = np.unique(np.log(n), return_inverse=True)
@@ -107,7 +120,7 @@ def _porian_budget(n: np.ndarray, loss: np.ndarray, n_boot: int, rng: np.random.
     grid = np.linspace(logn[0], logn[-1], (len(logn) - 1) * INTERP_PER_GAP)
     if np.argmin(Akima1DInterpolator(logn, np.log(best))(grid)) in (0, len(grid) - 1):
         return None
-    noise = rel_noise * best if rel_noise else porian_noise(best)
+    noise = rel_noise * best if rel_noise else np.full(len(best), abs_noise) if abs_noise else porian_noise(best)
     noised = best[:, None] + noise[:, None] * rng.standard_normal((len(best), n_boot))
     curves = Akima1DInterpolator(logn, np.log(np.maximum(noised, 1e-12)), axis=0)(grid)
     idx = np.argmin(curves, axis=0)
@@ -119,10 +132,11 @@ def _porian_budget(n: np.ndarray, loss: np.ndarray, n_boot: int, rng: np.random.
     return float(np.median(stars)), float(sd), stars
 
 
-def _approach2_porian(groups: dict, n_points: int, n_boot: int, seed: int, rel_noise=None) -> tuple[Fit, pd.DataFrame]:
+def _approach2_porian(groups: dict, n_points: int, n_boot: int, seed: int, rel_noise=None,
+                      abs_noise=None) -> tuple[Fit, pd.DataFrame]:
     n_boot = max(n_boot, 100)  # the noised copies are part of the estimate, not only of its interval
     rng = np.random.default_rng(seed)
-    per = {b: _porian_budget(g["N"].to_numpy(float), g["loss"].to_numpy(float), n_boot, rng, rel_noise)
+    per = {b: _porian_budget(g["N"].to_numpy(float), g["loss"].to_numpy(float), n_boot, rng, rel_noise, abs_noise)
            for b, g in groups.items()}
     kept = {b: r for b, r in sorted(per.items()) if r is not None}
     if len(kept) < 2:
@@ -147,16 +161,17 @@ def _approach2_porian(groups: dict, n_points: int, n_boot: int, seed: int, rel_n
 
 
 def approach2(t: Table, how: str = "parabola", n_boot: int = 1000, seed: int = 0,
-              rel_noise: float | None = None) -> tuple[Fit, pd.DataFrame]:
-    """IsoFLOP minima and the power laws through them; rel_noise: the measured seed-to-seed sd of log loss, which
-    replaces Porian et al.'s noise scale in the "akima" variant (None or 0: no replicates, theirs is used)."""
+              rel_noise: float | None = None, abs_noise: float | None = None) -> tuple[Fit, pd.DataFrame]:
+    """IsoFLOP minima and the power laws through them. The "akima" variant's noise, in this order: rel_noise (the
+    measured seed-to-seed sd of log loss, as a fraction of each loss), abs_noise (an sd in loss units: --noise, or
+    the table's dataset in DATASET_NOISE), else Porian et al.'s RefinedWeb scale."""
     df = t.df.copy()
     df["budget"] = budgets(df)
     groups = {b: g for b, g in df.groupby("budget") if g["N"].nunique() >= 3}
     if len(groups) < 2:
         raise ValueError("IsoFLOP analysis needs at least 2 compute budgets with 3 or more sizes each")
     if how == "akima":
-        return _approach2_porian(groups, len(df), n_boot, seed, rel_noise)
+        return _approach2_porian(groups, len(df), n_boot, seed, rel_noise, abs_noise)
 
     def minima(resample=None):
         out = {}

@@ -37,7 +37,7 @@ import pandas as pd
 
 from analysis import emergence_report, extrapolation, frontier_law, isoflop, laws, lse, plots, predictive
 from analysis.fit import Analysis, judge
-from analysis.table import COUNTS, Table, load, results_folder
+from analysis.table import COUNTS, Table, TooFewToFit, load, results_folder
 
 
 def _safe(skipped: dict, name: str, fn, *args, **kwargs):
@@ -63,7 +63,8 @@ def joint_law_refusal(df: pd.DataFrame) -> str | None:
             f"{df['N'].nunique()} distinct N and {df['D'].nunique()} distinct D")
 
 
-def _fit_forms(t: Table, n_boot: int, seed: int, method: str, data_law: str = "two-stage") -> tuple[dict, dict, dict]:
+def _fit_forms(t: Table, n_boot: int, seed: int, method: str, data_law: str = "two-stage",
+               noise: float | None = None) -> tuple[dict, dict, dict]:
     """Every form that applies to the table: (forms, skipped with reasons, extra tables of the IsoFLOP methods)."""
     forms, skipped, extra = {}, {}, {}
     df = t.df
@@ -87,9 +88,12 @@ def _fit_forms(t: Table, n_boot: int, seed: int, method: str, data_law: str = "t
     # budgets from the label column where it is filled, else from C clustered in log10 (analysis.isoflop.budgets)
     sub = t.rows(df[df["budget"].notna()]) if "budget" in df and \
         df["budget"].notna().any() else t
+    # Porian et al.'s noise bootstrap: --noise, else their setting for the table's dataset, else the measured seed
+    # noise, else their RefinedWeb scale
+    abs_noise = noise if noise is not None else isoflop.dataset_noise(df)
     for how in ("akima", "parabola"):
         r = _safe(skipped, f"isoflop_{how}", isoflop.approach2, sub, how, n_boot=n_boot, seed=seed,
-                  rel_noise=extrapolation.seed_sd(df))
+                  rel_noise=None if abs_noise else extrapolation.seed_sd(df), abs_noise=abs_noise)
         if r:
             forms[r[0].form], extra[f"isoflop_{how}"] = r
     law = laws.muennighoff if data_law == "two-stage" else laws.muennighoff_one_rstar
@@ -156,13 +160,17 @@ def _optimal(chin, c_max: float, budgets_beyond, scatter: predictive.Scatter | N
 
 
 def fit_all(t: Table, n_boot: int = laws.N_BOOT, seed: int = 0, holdout_above=None, holdout_top=None,
-            budgets_beyond=(10, 100, 1000), method: str = "fast", data_law: str = "two-stage") -> Analysis:
-    forms, skipped, extra = _fit_forms(t, n_boot, seed, method, data_law)
+            budgets_beyond=(10, 100, 1000), method: str = "fast", data_law: str = "two-stage",
+            noise: float | None = None) -> Analysis:
+    forms, skipped, extra = _fit_forms(t, n_boot, seed, method, data_law, noise)
     chin = forms.get("chinchilla")
     extrap = _safe(skipped, "extrapolation", extrapolation.check, t, holdout_above, holdout_top,
                    n_boot=min(n_boot, 200), seed=seed)
     frontier = _safe(skipped, "frontier_law", frontier_law.analyse, t, holdout_above, holdout_top,
                      n_boot=min(n_boot, frontier_law.N_BOOT), seed=seed)
+    if not forms and frontier is None:  # a table too small for every law: say so, not an empty report
+        reasons = "; ".join(f"{k}: {v}" for k, v in skipped.items() if k in ("chinchilla", "L(N)", "frontier_law"))
+        raise TooFewToFit(f"{t.source}: {len(t.df)} usable row(s) are too few to fit any law ({reasons})")
     scatter = predictive.scatter(t, chin, extrapolation.seed_sd(t.df)) if chin is not None else None
     # the joint law's allocation is solved in 6ND, its own count, whatever the table's
     return Analysis(table=t, forms=forms, skipped=skipped, extra=extra, scatter=scatter,
@@ -214,12 +222,19 @@ def format_tables(result: Analysis) -> str:
 
 
 def build(results: str | Path, quiet: bool = True, n_boot: int = laws.N_BOOT, fmt: str = "png", holdout_above=None,
-          holdout_top=None, figures_only: bool = False, data_law: str = "two-stage", **load_kw) -> Analysis:
+          holdout_top=None, figures_only: bool = False, data_law: str = "two-stage", noise: float | None = None,
+          **load_kw) -> Analysis:
     """The whole analysis of a results folder (or table file): fit.json, plots/, report.md (only the figures
     with figures_only)."""
     folder = results_folder(results)
     t = load(results, **load_kw)
-    result = fit_all(t, n_boot=n_boot, holdout_above=holdout_above, holdout_top=holdout_top, data_law=data_law)
+    try:
+        result = fit_all(t, n_boot=n_boot, holdout_above=holdout_above, holdout_top=holdout_top, data_law=data_law,
+                         noise=noise)
+    except TooFewToFit as e:  # the report says so, and a relaunch of the same sweep finds it and rebuilds nothing
+        if not figures_only:
+            (folder / "report.md").write_text(f"# Scaling report: {t.source}\n\nNo law fitted: {e}.\n")
+        raise
     figures = plots.all_figures(result, folder / "plots", fmt)
     if figures_only:
         return result

@@ -43,6 +43,10 @@ class TableError(ValueError):
     """A table that cannot be fitted, with what was wrong and what is allowed."""
 
 
+class TooFewToFit(TableError):
+    """A sound table with too few runs for any law: an error for `scaling fit`, not for a sweep that trained them."""
+
+
 @dataclass
 class Table:
     df: pd.DataFrame  # standard columns, valid rows only
@@ -89,9 +93,11 @@ def _problem(e: Exception) -> str:
 def load(path: str | Path, n: str | None = None, d: str | None = None, c: str | None = None,
          loss: str | None = None, steps: str | None = None, group: str | None = None, seed: str | None = None,
          budget: str | None = None, best_per: tuple[str, ...] | None = None,
-         where: str | None = None, unique_tokens: str | None = None, count: str | None = None) -> Table:
+         where: str | None = None, unique_tokens: str | None = None, count: str | None = None,
+         duplicates: str = "once") -> Table:
     """Read a table and map its columns. best_per=("N", "D") keeps the lowest-loss row per (N, D), e.g. the
-    best learning rate; `where` is a pandas query applied to the raw table first."""
+    best learning rate; `where` is a pandas query applied to the raw table first; rows that repeat another exactly
+    are counted "once" (default), refused ("refuse") or all kept ("keep", as a published fit that used them did)."""
     raw = read_any(path)
     if where:
         try:
@@ -105,7 +111,8 @@ def load(path: str | Path, n: str | None = None, d: str | None = None, c: str | 
                              f"that did not record bits per byte); use the default loss")
         curves = curves.assign(eval_loss=curves["eval_bpb"])
     t = from_frame(raw, str(path), n=n, d=d, c=c, loss=loss, steps=steps, group=group, seed=seed,
-                   budget=budget, best_per=best_per, curves=curves, unique_tokens=unique_tokens, count=count)
+                   budget=budget, best_per=best_per, curves=curves, unique_tokens=unique_tokens, count=count,
+                   duplicates=duplicates)
     if loss == BPB:
         t.loss_unit = "bits / byte"
     return t
@@ -149,9 +156,20 @@ def _pick(raw: pd.DataFrame, given: str | None, defaults: tuple[str, ...], what:
 
 def from_frame(raw: pd.DataFrame, source: str = "<frame>", n=None, d=None, c=None, loss=None, steps=None,
                group=None, seed=None, budget=None, best_per=None, curves=None, unique_tokens=None,
-               count: str | None = None) -> Table:
+               count: str | None = None, duplicates: str = "once") -> Table:
     if count is not None and count not in COUNTS:
         raise TableError(f"--count {count!r} is not a counting convention; allowed: {', '.join(COUNTS)}")
+    excluded = []
+    repeated = raw.duplicated()
+    if repeated.any() and duplicates != "keep":  # a copied row is not a seed replicate: it fakes zero noise
+        where = ", ".join(str(i + 2) for i in np.flatnonzero(repeated)[:5]) + (", ..." if repeated.sum() > 5 else "")
+        if duplicates == "refuse":
+            raise TableError(f"{source}: {int(repeated.sum())} row(s) repeat an earlier row exactly (lines {where} of "
+                             "a CSV); a repeated row is not a replicate run: remove them, or leave out --strict to "
+                             "count each once")
+        excluded.append(f"{int(repeated.sum())} row(s) repeating an earlier row exactly (lines {where} of a CSV), "
+                        "counted once (--keep-duplicates keeps them)")
+        raw = raw[~repeated].reset_index(drop=True)
     cols = {
         "N": _pick(raw, n, ("N", "params", "n_params"), "N", False),
         "D": _pick(raw, d, ("tokens", "D", "train_tokens", "training_tokens"), "D", False),
@@ -173,10 +191,9 @@ def from_frame(raw: pd.DataFrame, source: str = "<frame>", n=None, d=None, c=Non
         df["U"] = pd.to_numeric(raw[u], errors="coerce").to_numpy(float)
     elif cols["D"] != "D" and "D" in raw.columns:
         df["U"] = raw["D"].to_numpy()  # our unique-token budget, when D is tokens seen
-    for extra in ("epochs", "status", "run_id", "sweep", "lr", "model", "schedule"):
+    for extra in ("epochs", "status", "run_id", "sweep", "lr", "model", "schedule", "dataset"):
         if extra in raw.columns and extra not in df:
             df[extra] = raw[extra].to_numpy()
-    excluded = []
     if "status" in df:
         bad = df["status"].astype(str) != "completed"
         for status, rows in df.loc[bad, "status"].astype(str).value_counts().items():
@@ -184,7 +201,13 @@ def from_frame(raw: pd.DataFrame, source: str = "<frame>", n=None, d=None, c=Non
         df = df[~bad]
     for k in ("N", "D", "C", "loss"):
         if k in df:
-            df[k] = pd.to_numeric(df[k], errors="coerce").astype(float)
+            number = pd.to_numeric(df[k], errors="coerce")
+            text = number.isna() & df[k].notna() & (df[k].astype(str).str.strip().str.lower() != "nan")
+            if text.any():  # say what was wrong: not a bad number but no number at all
+                examples = ", ".join(repr(v) for v in df.loc[text, k].astype(str).unique()[:3])
+                excluded.append(f"{int(text.sum())} row(s) whose {k} ({cols[k]!r}) is text, not a number: {examples}")
+                df, number = df[~text], number[~text]
+            df[k] = number.astype(float)
     if "budget" in df and (as_number := pd.to_numeric(df["budget"], errors="coerce")).notna().all():
         df["budget"] = as_number.astype(float)  # else names, which group runs all the same
     if "N" not in df:
@@ -217,6 +240,8 @@ def from_frame(raw: pd.DataFrame, source: str = "<frame>", n=None, d=None, c=Non
             excluded.append(f"{before - len(df)} row(s) not the lowest loss for their {'/'.join(best_per)}")
     if len(df) == 0:
         raise TableError(f"{source}: no usable rows ({'; '.join(excluded) or 'empty table'})")
+    # the same numbers whatever the order of the rows: fits and their bootstraps see the runs sorted
+    df = df.sort_values(["C", "N", "D", "loss"], kind="mergesort").reset_index(drop=True)
     # the frontier law's own count where none is asked for: 6 N_total D where the table allows it (docs/protocol.md)
     frontier = count or ("6N_total_D" if "C_6N_total_D" in df else "6ND")
     return Table(df, source, excluded, curves, count=count or "6ND", frontier_count=frontier)

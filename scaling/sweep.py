@@ -260,11 +260,14 @@ def _sweep(spec: dict, extra: list[str], rows: list[PlannedRun]) -> int:
         print(f"no run of sweep {spec['name']} has completed yet; nothing to report", file=sys.stderr)
         return 1
     from analysis import report  # matplotlib and scipy: loaded only when a sweep is analysed, never to train
-    from analysis.table import TableError
+    from analysis.table import TableError, TooFewToFit
 
     try:
         report.build(results, quiet=False, n_boot=int(spec.get("n_boot", 1000)), loss=spec.get("loss"),
                      count=spec.get("count"))
+    except TooFewToFit as e:  # the runs are trained and collected; there is just no law to fit to so few
+        print(f"scaling sweep: no report: {e}", file=sys.stderr)
+        return 0
     except TableError as e:
         print(f"scaling sweep: no report: {e}", file=sys.stderr)
         return 1

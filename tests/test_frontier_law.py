@@ -69,14 +69,24 @@ def test_noisy_held_out_best_losses_are_covered_at_about_the_nominal_rate():
 
 
 def test_e_is_used_only_where_its_backtests_beat_the_pure_law():
-    c = np.geomspace(1e11, 1e14, 7)
-    saturating = pd.DataFrame({"N": 1e4 * (c / 1e11) ** 0.5, "C": c, "budget": c,
-                               "loss": 1.5 + 40.0 * c ** -0.2})
-    saturating["D"] = saturating["C"] / (6 * saturating["N"])
+    rows = []
+    for c in np.geomspace(1e11, 1e14, 7):  # three sizes per budget, the middle one 1.5 + 40 C^-0.2, the others 3% worse
+        n_best = 1e4 * (c / 1e11) ** 0.5
+        for k in (-1, 0, 1):
+            rows.append({"N": n_best * 2.0 ** k, "D": c / (6 * n_best * 2.0 ** k), "C": c, "budget": c,
+                         "loss": (1.5 + 40.0 * c ** -0.2) * (1 + 0.03 * k * k)})
+    saturating = pd.DataFrame(rows)
     law = frontier_law.fit(from_frame(saturating), n_boot=30)
     assert law.saturating and abs(law.params["E"]["value"] - 1.5) < 0.01
-    few = frontier_law.fit(from_frame(saturating.iloc[:4]), n_boot=30)
+    few = frontier_law.fit(from_frame(saturating.iloc[:12]), n_boot=30)
     assert not few.saturating and "at least 5 budgets" in few.why_power
+
+
+def test_a_budget_of_one_size_is_not_a_frontier_point():
+    one_each = pd.DataFrame({"N": [1e4, 2e4, 4e4], "C": [1e11, 1e12, 1e13], "loss": [3.0, 2.5, 2.1]})
+    one_each["D"] = one_each["C"] / (6 * one_each["N"])
+    with pytest.raises(ValueError, match="at least 2 compute budgets of 2 or more sizes each; the table has 0"):
+        frontier_law.fit(from_frame(one_each), n_boot=0)
 
 
 def test_budgets_whose_best_is_at_the_edge_are_named():

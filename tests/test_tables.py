@@ -31,8 +31,9 @@ def test_an_unreadable_table_is_one_line_naming_the_file(tmp_path, name, content
 def test_predict_refuses_a_table_the_joint_law_cannot_be_fitted_to(tmp_path):
     path = tmp_path / "one_row.csv"
     path.write_text("N,D,loss\n1e6,2e7,3.1\n")
-    fit = run("fit", str(path))
-    assert "chinchilla: not fitted (needs at least 6 runs with 2 or more distinct N and D" in fit.stdout
+    fit = run("fit", str(path))  # too small for any law: one line, exit 2, with each law's reason
+    assert fit.returncode == 2 and len(fit.stderr.strip().splitlines()) == 1, fit.stderr
+    assert "too few to fit any law (chinchilla: needs at least 6 runs with 2 or more distinct N and D" in fit.stderr
     for args in (["--flops", "1e15"], ["--n", "1e6", "--d", "2e7"]):
         r = run("predict", str(path), *args)
         assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
