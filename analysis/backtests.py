@@ -52,7 +52,10 @@ def cell_backtests(t: Table, n_boot: int = 200) -> pd.DataFrame:
     levels = np.sort(b.unique())
     rows = []
     for j in range(MIN_FIT_BUDGETS, len(levels)):
-        check = _check_above(_upto(t, b, levels[j]), levels[j - 1], n_boot)
+        # every run of the budgets below is fitted: hold out by budget, not by raw C (a budget's runs differ by
+        # up to 10% in C)
+        fitted_max = float(t.df.loc[b <= levels[j - 1], "C"].max())
+        check = extrapolation.check(_upto(t, b, levels[j]), above_flops=fitted_max, n_boot=n_boot)
         if check is None:
             continue
         for r in check["rows"]:
@@ -62,14 +65,6 @@ def cell_backtests(t: Table, n_boot: int = 200) -> pd.DataFrame:
                          "half_width": float(np.log(hi / lo) / 2) if lo > 0 else np.inf,
                          "abs_log_error": float(abs(np.log(pred / loss))) if pred > 0 else np.inf})
     return pd.DataFrame(rows)
-
-
-def _check_above(t: Table, fitted_budget: float, n_boot: int) -> dict | None:
-    """The joint law's check holding out every run of a budget above `fitted_budget` (budgets, not raw C: runs of
-    one budget may differ in C by up to 10%)."""
-    b = budgets(t.df)
-    above = float(t.df.loc[b <= fitted_budget, "C"].max())
-    return extrapolation.check(t, above_flops=above, n_boot=n_boot)
 
 
 def coverage(cells: pd.DataFrame) -> dict:

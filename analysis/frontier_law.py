@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import least_squares
 
-from analysis import lse
+from analysis import laws, lse
 from analysis.extrapolation import DESIGN, seed_noise
 from analysis.isoflop import budgets
 from analysis.table import COUNTS, Table
@@ -47,9 +47,7 @@ N_BOOT = 400
 
 @dataclass(kw_only=True)
 class FrontierLaw:
-    points: pd.DataFrame  # the budgets fitted, rows of best_per_budget
-    every: pd.DataFrame  # every budget of the table (best_per_budget)
-    selection: str | None  # which budgets were left out and why, or why none could be
+    points: pd.DataFrame  # the budgets fitted: rows of best_per_budget with 2 or more sizes
     saturating: bool  # E + A C^-gamma, else A C^-gamma
     params: dict  # name -> {"value", "ci_low", "ci_high"}
     noise: float  # seed sd of one run's log loss
@@ -76,11 +74,11 @@ class FrontierLaw:
         with `seeds` runs at its best cell."""
         log_pred = _log_law(self.samples, np.full(1, np.log(C)), self.saturating, batched=True)[:, 0]
         log_pred = log_pred[np.isfinite(log_pred)]
-        if predictive:
-            sd = float(np.hypot(self.noise / np.sqrt(seeds), self.drift_per_decade * self.decades_outside(C)))
-            rng = np.random.default_rng(seed)
-            log_pred = (log_pred[:, None] + sd * rng.standard_normal((len(log_pred), 20))).ravel()
-        lo, hi = lse.interval(np.exp(log_pred)) if len(log_pred) else (np.nan, np.nan)
+        if not len(log_pred):
+            return float("nan"), float("nan")
+        sd = float(np.hypot(self.noise / np.sqrt(seeds), self.drift_per_decade * self.decades_outside(C))) \
+            if predictive else 0.0
+        lo, hi = laws.noisy_interval(np.exp(log_pred), sd, seed)
         return float(lo), float(hi)
 
     def formula(self) -> str:
@@ -90,9 +88,8 @@ class FrontierLaw:
         return {"formula": self.formula(), "count": self.count, "params": self.params, "noise": self.noise,
                 "noise_source": self.noise_source, "drift_per_decade": self.drift_per_decade,
                 "drift_assumed": self.drift_assumed,
-                "backtests": self.backtests, "why_power": self.why_power, "selection": self.selection,
-                "points": [{**r, "fitted": bool(r["budget"] in set(self.points["budget"]))}
-                           for r in self.every.to_dict("records")]}
+                "backtests": self.backtests, "why_power": self.why_power,
+                "points": self.points.to_dict("records")}
 
 
 def _log_law(theta, logc, saturating: bool, batched: bool = False) -> np.ndarray:
@@ -204,19 +201,6 @@ def _drift(points: pd.DataFrame, noise: float, saturating: bool) -> tuple[float,
     return float(np.sqrt(np.median(per_decade))), rows
 
 
-def _usable(every: pd.DataFrame, bracketed_only: bool) -> tuple[pd.DataFrame, str | None]:
-    """The budgets the law is fitted on: those whose best size has sizes on both sides, when at least MIN_BUDGETS
-    do (the others' best loss is only an upper bound); else every budget, with a warning."""
-    inside = every[every["bracketed"]]
-    if not bracketed_only or len(inside) == len(every):
-        return every.reset_index(drop=True), None
-    if len(inside) >= MIN_BUDGETS:
-        return inside.reset_index(drop=True), (f"left out {len(every) - len(inside)} budget(s) whose best run is at "
-                                               "the edge of their sizes")
-    return every.reset_index(drop=True), (f"only {len(inside)} budget(s) have sizes on both sides of their best: "
-                                          "every budget is used, edges included")
-
-
 def _choose_form(points: pd.DataFrame, noise: float, saturating: bool | None) -> tuple[bool, str | None]:
     """(saturating, why not): E + A C^-gamma only where it has been tested and won: at least MIN_BUDGETS_FOR_E + 1
     budgets, and its backtests (fitted on MIN_BUDGETS_FOR_E budgets or more) closer than the pure law's on the same
@@ -238,15 +222,14 @@ def _choose_form(points: pd.DataFrame, noise: float, saturating: bool | None) ->
 
 
 def fit(t: Table, n_boot: int = N_BOOT, seed: int = 0, saturating: bool | None = None,
-        noise: tuple[float, str] | None = None, bracketed_only: bool = False) -> FrontierLaw:
+        noise: tuple[float, str] | None = None) -> FrontierLaw:
     """The frontier law of a table (ValueError when it has fewer than MIN_BUDGETS budgets). noise: (seed sd of one
     run's log loss, where it comes from), when measured on other runs than these (a held-out budget's seeds)."""
     every = best_per_budget(t)
-    if (isoflop := int((every["sizes"] >= 2).sum())) < MIN_BUDGETS:
+    points = every[every["sizes"] >= 2].reset_index(drop=True)  # one run per budget is not a frontier point
+    if len(points) < MIN_BUDGETS:
         raise ValueError(f"the frontier law needs at least {MIN_BUDGETS} compute budgets of 2 or more sizes each; the "
-                         f"table has {isoflop}")
-    every = every[every["sizes"] >= 2].reset_index(drop=True)
-    points, selection = _usable(every, bracketed_only)
+                         f"table has {len(points)}")
     noise, noise_source = noise if noise is not None else _noise(t, points)
     logc, y = np.log(points["C"].to_numpy(float)), np.log(points["loss"].to_numpy(float))
     sd = noise / np.sqrt(points["seeds"].to_numpy(float)) if noise > 0 else np.full(len(y), 1e-3)
@@ -255,7 +238,7 @@ def fit(t: Table, n_boot: int = N_BOOT, seed: int = 0, saturating: bool | None =
     draws = y[None] + sd[None] * np.random.default_rng(seed).standard_normal((n_boot, len(y)))
     samples = np.array([_fit_theta(logc, d, 1 / sd, sat) for d in draws]) if n_boot else theta[None]
     drift, backtests = _drift(points, noise, sat)
-    return FrontierLaw(points=points, every=every, selection=selection, saturating=sat,
+    return FrontierLaw(points=points, saturating=sat,
                        params=_summary(theta, samples, sat), noise=noise, noise_source=noise_source,
                        drift_per_decade=drift, drift_assumed=not backtests, backtests=backtests,
                        count=t.frontier_count, theta=theta, samples=samples, why_power=why)
@@ -310,10 +293,10 @@ def analyse(t: Table, above_flops=None, top_k=None, n_boot: int = N_BOOT, seed: 
     """The frontier law of the whole table, its check on held-out budgets and its best losses beyond the sweep,
     as fit.json's "frontier_law" (ValueError when the table has too few budgets)."""
     law = fit(t, n_boot=n_boot, seed=seed)
-    warning = bracketing_warning(law.every)
+    warning = bracketing_warning(law.points)
     return {**law.to_json(), "beyond": beyond(law, seed=seed),
             "check": check(t, above_flops, top_k, n_boot=n_boot, seed=seed),
-            "warnings": [w for w in (warning, law.selection) if w]}
+            "warnings": [warning] if warning else []}
 
 
 def params(doc: dict) -> str:
@@ -351,10 +334,9 @@ def section(doc: dict) -> list[str]:
                 "fitted budgets, " + ("assumed: two budgets cannot backtest themselves (the median of our backtests, "
                                       "docs/protocol.md)." if doc["drift_assumed"] else
                                       "from the backtests below (the median over their predictions).")), "",
-           "| budget C | best run's C | N | D | best loss | seeds | sizes on both sides | fitted |",
-           "|---|---|---|---|---|---|---|---|"]
+           "| budget C | best run's C | N | D | best loss | seeds | sizes on both sides |", "|---|---|---|---|---|---|---|"]
     out += [f"| {p['budget']:.3g} | {p['C']:.3g} | {p['N']:.3g} | {p['D']:.3g} | {p['loss']:.4f} | {p['seeds']} | "
-            f"{'yes' if p['bracketed'] else '**no**'} | {'yes' if p['fitted'] else 'no'} |" for p in doc["points"]]
+            f"{'yes' if p['bracketed'] else '**no**'} |" for p in doc["points"]]
     if doc["backtests"]:
         out += ["", "Backtests (the law fitted on the first budgets, predicting each later one):", "",
                 "| fitted budgets | C | best loss | predicted | error | decades beyond |", "|---|---|---|---|---|---|"]

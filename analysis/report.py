@@ -7,6 +7,11 @@ fit.json schema:
                       "not_identified": {name: why},
                       "correlations": {"p~q": float} | null, "warnings": [str]}},
      "skipped": {form: reason},
+     "count": "6ND" | "6N_total_D" | "hardware"   (how C is counted; analysis.table.COUNTS),
+     "frontier_law": {"formula", "count", "params", "noise", "noise_source", "drift_per_decade", "drift_assumed",
+                      "backtests", "why_power", "points": [best_per_budget rows], "beyond": [{"C", "loss", with
+                      _low/_high and _predictive_low/_high}], "check": {"holdout", "law", "rows", "max_abs_rel_error",
+                      "inside"} | null, "warnings"} | null   (analysis.frontier_law),
      "extrapolation": {"holdout": str, "n_fit": int, "rows": [{"N", "D", "C", "loss", "predicted",
                        "predicted_low", "predicted_high" (predictive), "parameter_low", "parameter_high",
                        "inside", "inside_parameter_only", "rel_error"}], "max_abs_rel_error": float,
