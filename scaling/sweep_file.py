@@ -88,6 +88,35 @@ def _check(p: Path, spec: dict) -> None:
             raise ConfigError(f"{p}: {key} must be {SCHEMA[key]}, got {value!r}")
 
 
+LENGTH_KEYS = ("train.flops", "train.tokens")  # the run lengths `--scale` multiplies
+
+
+def scaled(spec: dict, factor: float) -> dict:
+    """The sweep with every train.flops and train.tokens value of its grids (and of its overrides) times factor,
+    written to results/<name>-x<factor>/ so that it never mixes with the sweep as written (`--scale`)."""
+    if factor == 1:
+        return spec
+
+    def times(key: str, v):
+        if key not in LENGTH_KEYS or v is None:
+            return v
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ConfigError(f"--scale multiplies {key}, which is {v!r} here; it needs a number")
+        return float(v) * factor
+
+    overrides = []
+    for o in spec["overrides"]:
+        key, _, value = o.partition("=")
+        if key in LENGTH_KEYS and value not in ("null", ""):
+            try:
+                o = f"{key}={float(value) * factor:g}"
+            except ValueError:
+                raise ConfigError(f"--scale multiplies {key}, which is {value!r} here; it needs a number") from None
+        overrides.append(o)
+    grids = [{k: [times(k, v) for v in values] for k, values in g.items()} for g in spec["grids"]]
+    return {**spec, "name": f"{spec['name']}-x{factor:g}", "overrides": overrides, "grids": grids}
+
+
 def hydra_value(v) -> str:
     """A value as a Hydra override writes it; a string with characters that Hydra's grammar reads as syntax (a
     comma, a space, brackets, quotes: `data.corpus=my data,v2`) is quoted."""

@@ -110,7 +110,11 @@ def plan(spec: dict, extra: list[str]) -> list[PlannedRun]:
     return [row for c in cells(spec, extra) for row in describe(c)]
 
 
-def print_plan(name: str, rows: list[PlannedRun], target: str = "") -> None:
+def _duration(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.0f} h"
+
+
+def print_plan(name: str, rows: list[PlannedRun], target: str = "", device: str = "") -> None:
     print(f"sweep {name}: {len(rows)} cells" + (f"; memory per device for {target} (scaling.memory)" if target else ""))
     print(f"{'#':>3} {'model':6} {'N':>9} {'N_total':>9} {'unique':>9} {'steps':>7} {'tokens':>9} {'C (6ND)':>9} "
           f"{'peak lr':>8} {'est. s':>7} {'GiB/dev':>7}  status")
@@ -129,7 +133,7 @@ def print_plan(name: str, rows: list[PlannedRun], target: str = "") -> None:
 
     print(f"total: C {sum(r.C for r in rows):.3g} FLOPs over {decades([r.C for r in rows]):.1f} decades of "
           f"compute and {decades([r.N for r in rows]):.1f} of N; {len(todo)} to train"
-          + (f", about {total / 60:.0f} min on one process" if total else ""))
+          + (f", about {_duration(total)} on one process of {device or 'this machine'}" if total else ""))
     trained, separate = sum(r.trained_tokens * r.N for r in rows), sum(r.tokens * r.N for r in rows)
     if trained < separate:
         print(f"warmup-stable-decay branching trains {trained / separate:.0%} of the compute of separate runs")

@@ -31,12 +31,14 @@ def steady_tokens_per_s(step, state, tokens, active, chunks: int = 3, seconds: f
     return n * math.prod(tokens.shape[:-1]) * (tokens.shape[-1] - 1) / (time.perf_counter() - t0)
 
 
-def measure(cfg: DictConfig, chunks: int = 3) -> float:
-    """Steady-state training tokens/s of cfg's shape on this device (random tokens; compile excluded)."""
+def measure(cfg: DictConfig, chunks: int = 3, members: int = 1) -> float:
+    """Steady-state training tokens/s of cfg's shape on this device (random tokens; compile excluded), counting
+    every member's tokens when `members` runs are packed into one program (scaling.packing)."""
     program.enable_compilation_cache(cfg.data.cache_dir)
     shape = plans.shape_of(cfg)
-    prog = program.build(cfg, shape, 1000, [(cfg.train.seed, 1e-3)])
-    tokens, active = prog.feed(*random_chunk(shape, cfg.train.steps_per_dispatch, cfg.train.batch_size))
+    prog = program.build(cfg, shape, 1000, [(cfg.train.seed + i, 1e-3) for i in range(members)])
+    tokens, active = prog.feed(*random_chunk(shape, cfg.train.steps_per_dispatch, cfg.train.batch_size,
+                                             members if members > 1 else None))
     state, losses = prog.train_chunk(prog.state, tokens, active)  # compile
     losses.block_until_ready()
     return steady_tokens_per_s(prog.train_chunk, state, tokens, active, chunks)

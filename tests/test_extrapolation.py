@@ -4,7 +4,7 @@ intervals that cover new runs at about the nominal rate, and the report warns wh
 import numpy as np
 import pandas as pd
 
-from analysis import extrapolation, laws, plots, report
+from analysis import extrapolation, laws, plots, report, report_text
 from analysis.fit import Fit
 from analysis.table import from_frame
 
@@ -74,10 +74,10 @@ def test_seed_replicates_at_held_out_cells_separate_noise_from_misfit(tmp_path):
     assert extrapolation.noise_and_misfit(held_out_rows(bias=0.05)[::3]) is None  # one seed per cell: no verdict
     runaway = [{**r, "predicted": float("nan")} for r in held_out_rows(bias=0.0)]
     assert extrapolation.noise_and_misfit(runaway)["systematic"] is None  # no prediction, no verdict
-    assert "cannot be told apart" in report._misfit_verdict(extrapolation.noise_and_misfit(runaway))
+    assert "cannot be told apart" in report_text._misfit_verdict(extrapolation.noise_and_misfit(runaway))
     result = report.fit_all(from_frame(isoflop_table(noise=0.003, replicates=2)), n_boot=20)
     assert result.extrapolation["noise_and_misfit"]["cells"][0]["runs"] == 2
-    doc = report.markdown(result, [], tmp_path)
+    doc = report_text.markdown(result, [], tmp_path)
     assert "Averaged over the seeds of each held-out cell" in doc.split("## The answer")[1].split("##")[0]
     assert "Noise against misfit" in doc and doc.count("| 2 |") >= 5
 
@@ -94,7 +94,7 @@ def test_predictive_intervals_cover_new_runs_at_about_the_nominal_rate():
 def test_the_report_leads_with_the_answer_and_warns_when_approaches_disagree(tmp_path):
     t = from_frame(isoflop_table(noise=0.003, replicates=2))
     result = report.fit_all(t, n_boot=40)
-    doc = report.markdown(result, [], tmp_path)
+    doc = report_text.markdown(result, [], tmp_path)
     answer = doc.split("## The answer")[1].split("##")[0]
     assert "alpha =" in answer and "Held out the 10 runs of the largest budget" in answer
     assert "seed-to-seed standard deviation" in answer and answer.count("At C =") == 2
@@ -102,9 +102,9 @@ def test_the_report_leads_with_the_answer_and_warns_when_approaches_disagree(tmp
     far = Fit(form="isoflop_akima", formula="", n_points=4,
               params={"a": {"value": 0.9, "ci_low": 0.85, "ci_high": 0.95}})
     assert chin.params["a"]["ci_high"] < 0.85
-    warnings = report.disagreements({"chinchilla": chin, "isoflop_akima": far})
+    warnings = report_text.disagreements({"chinchilla": chin, "isoflop_akima": far})
     assert len(warnings) == 1 and "Approach 2" in warnings[0] and "Approach 3" in warnings[0]
-    assert report.disagreements({"chinchilla": chin}) == []
+    assert report_text.disagreements({"chinchilla": chin}) == []
 
 
 def test_the_extrapolation_figure_marks_the_held_out_budget():

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis import isoflop, report
+from analysis import isoflop, report, report_text
 from analysis.fit import Fit, judge
 from analysis.table import from_frame
 
@@ -42,9 +42,9 @@ def test_the_report_prints_not_identified_instead_of_a_value(tmp_path):
     result = report.fit_all(t, n_boot=30)
     chin = result.forms["chinchilla"]
     assert "alpha" in chin.not_identified or "A" in chin.not_identified, chin.params
-    doc = report.markdown(result, [], tmp_path)
+    doc = report_text.markdown(result, [], tmp_path)
     assert all(f"| {name} | not identified |" in doc for name in chin.not_identified)
-    assert "not ident." in report.format_tables(result)
+    assert "not ident." in report_text.format_tables(result)
 
 
 def test_a_frontier_of_three_points_is_refused():
