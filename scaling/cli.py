@@ -54,7 +54,22 @@ def main(argv: list[str] | None = None) -> int:
         from analysis import backtests
 
         return backtests.main(rest)
-    return analysis_cli.main(command, rest)
+    code = analysis_cli.main(command, rest)
+    if command == "report" and code == 0 and rest and not rest[0].startswith("-"):
+        _fits_to_trackers(rest[0])
+    return code
+
+
+def _fits_to_trackers(results: str) -> None:
+    """`scaling report` of a sweep whose runs logged to trackers logs its fitted laws there too."""
+    import json
+
+    from analysis.table import results_folder
+    from scaling import trackers
+
+    folder = results_folder(results)
+    if (folder / "fit.json").exists():
+        trackers.log_fits(folder, json.loads((folder / "fit.json").read_text()))
 
 
 

@@ -27,6 +27,7 @@ DTYPES = ("float32", "bfloat16")
 SCHEDULES = ("cosine", "wsd", "constant")
 PROGRESS_MODES = ("auto", "bar", "log", "none")
 PROBE_TASKS = ("addition", "copy", "modular")
+TRACKERS = ("tensorboard", "wandb")  # experiment trackers (scaling.trackers)
 MIN_BPE_VOCAB = 257  # a byte-level BPE holds the 256 bytes and its end-of-text token before any merge
 
 
@@ -85,6 +86,15 @@ class OptimConfig:
 
 
 @dataclass
+class LoggerConfig:
+    # Experiment trackers every run logs to (scaling.trackers), any of TRACKERS: logger=none (the default),
+    # logger=tensorboard, logger=wandb, or several with logger.trackers=[tensorboard,wandb].
+    trackers: list[str] = field(default_factory=list)
+    project: str = "scaling"  # the W&B project (its group is the sweep, its run id the run's)
+    entity: str | None = None  # the W&B team or user; null: the login's default
+
+
+@dataclass
 class ProbeConfig:
     # Probe tasks (scaling.probes): evaluated at every evaluation point; mixed into training at train_fraction.
     tasks: list[str] = field(default_factory=list)  # any of PROBE_TASKS
@@ -129,6 +139,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     probes: ProbeConfig = field(default_factory=ProbeConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
     sweep: str = "default"  # results go to <results_dir>/<sweep>/<run_id>/
     results_dir: str = "results"
     rerun_failed: bool = False  # relaunching skips completed runs, resumes interrupted ones; failed only if set
@@ -138,6 +149,9 @@ class Config:
 # Keys that never change a run's result: excluded from its identity hash.
 NON_IDENTITY_KEYS = {
     "sweep",
+    "logger.trackers",  # where a run is watched, not what it computes
+    "logger.project",
+    "logger.entity",
     "results_dir",
     "rerun_failed",
     "pin_cpus",
@@ -214,6 +228,9 @@ def register() -> None:
     cs.store(group="data", name="text", node=DataConfig(corpus=MISSING))  # data.corpus=<file, folder or glob>
     cs.store(group="data", name="shakespeare", node=DataConfig(corpus="shakespeare"))  # natural language
     cs.store(group="data", name="python", node=DataConfig(corpus="python"))  # stdlib + installed packages' source
+    cs.store(group="logger", name="none", node=LoggerConfig())
+    for name in TRACKERS:
+        cs.store(group="logger", name=name, node=LoggerConfig(trackers=[name]))
 
 
 def _positive(value: Any, key: str, kind=float) -> None:
@@ -240,6 +257,8 @@ def validate(cfg: DictConfig | dict) -> None:
     except ValueError as e:  # the shape names its field
         raise ConfigError(str(e)) from None
     _one_of(m.dtype, "model.dtype", DTYPES)
+    for name in c.logger.trackers:
+        _one_of(name, "logger.trackers", TRACKERS)
     _validate_optim(c.optim)
     _validate_train(c.train, c.optim)
     if c.data.unique_tokens is not None:

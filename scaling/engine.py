@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from omegaconf import DictConfig
 
-from scaling import checkpoints, data, devices, probes, program, runs, summary
+from scaling import checkpoints, data, devices, probes, program, runs, sizes, summary, trackers
 from scaling import plan as plans
 from scaling.config import ConfigError
 from scaling.progress import RunProgress
@@ -109,6 +109,7 @@ class Engine:
         """Train to the end, a divergence of every member, or a signal; return each member's summary."""
         self._start()
         self.summaries = self._summaries()
+        self.trackers = self._trackers()
         self.progress = RunProgress(self.cfg.train.progress, self.plan.steps, self.step)
         self.t_loop = self.t_progress = time.time()
         if self.step >= self.plan.steps:  # killed between the final checkpoint and the summary
@@ -244,6 +245,14 @@ class Engine:
             out.append(s)
         return out
 
+    def _trackers(self) -> list[trackers.Trackers]:
+        """Each member's trackers (scaling.trackers), with its config and size as hyperparameters."""
+        size = {"N": self.plan.N, "N_total": sizes.count_params(self.plan.shape)["N_total"],
+                "tokens": self.plan.tokens, "C": 6 * self.plan.N * self.plan.tokens}
+        main = jax.process_index() == 0
+        return [trackers.Trackers(cfg, folder, {**trackers.flat_config(cfg), **size, "lr_peak": lr}, main)
+                for cfg, folder, lr in zip(self.cfgs, self.folders, self.lrs)]
+
     def _loop(self, stop: Stop) -> str:
         plan, tc = self.plan, self.cfg.train
         pending, t_ckpt = None, time.time()
@@ -301,6 +310,12 @@ class Engine:
         alive = self.bad == 0
         if alive.any():
             self.progress.update(end, float(host[alive, -1][0]))
+        every = max(self.plan.k, self.plan.steps // trackers.TRAIN_POINTS)
+        if end // every > start // every and end not in self.plan.points:  # a training point between evaluations
+            for i in np.flatnonzero(self.bad == 0):
+                self.trackers[i].log(end, {"loss/train": float(host[i, -1]), "lr": float(self.prog.lr_fns[i](end - 1)),
+                                           "tokens": end * self.plan.tokens_per_step,
+                                           "flops": 6 * self.plan.N * end * self.plan.tokens_per_step})
         if end in self.plan.points or time.time() - self.t_progress > 5:  # the sweep's progress line reads it
             self.guard()
             for folder in self.folders:
@@ -328,6 +343,7 @@ class Engine:
                    "lr": float(self.prog.lr_fns[i](end - 1)), "tokens_per_s": tok_s and tok_s / self.p,
                    "elapsed_s": self.elapsed0 + time.time() - self.t_loop}
             runs.append_metrics(self.folders[i], row)
+            self.trackers[i].log(end, trackers.row_values(row, self.plan.N))
             self.last[i] = row
         if (self.bad == 0).any():
             self.progress.log(self.last[int(np.flatnonzero(self.bad == 0)[0])], self.p)
@@ -351,6 +367,8 @@ class Engine:
     def _finish(self, status: str) -> list[dict]:
         """The final checkpoint and every member's summary."""
         self.progress.close()
+        for t in self.trackers:
+            t.close()
         if status == "completed" and not self.bad.all() and self.plan.steps not in self.ckpt.all_steps():
             self._save(self.plan.steps, self.ckpt)
         tok_s = self.timer.tokens_per_s(self.plan.tokens_per_step * self.p)

@@ -1,22 +1,80 @@
-"""Progress a person can watch: a run's bar (or log lines), and a sweep's line every 30 s.
+"""Progress a person can watch: a run's bar (or log lines), and a sweep's display.
 
-The sweep's line reads the run folders (scaling.runs), so it works under any launcher, whichever process or
-machine trains the runs.
+A sweep on a terminal shows one live display, redrawn in place: runs done, share of the compute, ETA, and a line
+per run in training under it. Elsewhere (a log, CI) it prints one line every 30 s. Everything its processes print
+(Hydra's per-job lines, JAX's platform notices, each run's log lines) goes to <results>/<sweep>/sweep.log; only
+warnings and errors reach the screen too. The display reads the run folders (scaling.runs), so it works under any
+launcher, whichever process or machine trains the runs.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
+import shutil
 import sys
 import threading
 import time
+from pathlib import Path
 
 from tqdm import tqdm
 
 from scaling import runs
 
 log = logging.getLogger("scaling.train")
+SWEEP_LOG = "sweep.log"
+# Lines of the training processes that reach the screen: Python logging's warnings and errors (Hydra's job log
+# format "[time][name][LEVEL] - ..."), Python warnings, tracebacks, and this project's one-line errors.
+LOUD = re.compile(r"\]\[(WARNING|ERROR|CRITICAL)\]|^Traceback|^\S*(Error|Exception)\b|Warning: |^scaling[: ]|^\s+File \"")
+
+
+def live_terminal() -> bool:
+    return sys.stderr.isatty() and not os.environ.get("CI")
+
+
+class Console:
+    """The sweep's screen and log file: every line of the training processes goes to the file; loud ones (LOUD)
+    to the screen as well, above the live display when there is one."""
+
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = open(path, "a", buffering=1, errors="replace")  # noqa: SIM115 -- closed by close()
+        self.lock = threading.Lock()
+        self.block = 0  # lines of the live display now on the screen
+        self.live = live_terminal()
+
+    def log(self, line: str) -> None:
+        with self.lock:
+            self.file.write(line + "\n")
+
+    def child_line(self, line: str) -> None:
+        self.log(line)
+        if LOUD.search(line):
+            self.say(line)
+
+    def say(self, line: str) -> None:
+        """A line on the screen (stderr), above the live display."""
+        with self.lock:
+            self._clear()
+            print(line, file=sys.stderr, flush=True)
+
+    def draw(self, lines: list[str]) -> None:
+        """Replace the live display with these lines (a terminal only)."""
+        width = max(20, shutil.get_terminal_size((120, 24)).columns - 1)
+        with self.lock:
+            self._clear()
+            sys.stderr.write("".join(line[:width] + "\n" for line in lines))
+            sys.stderr.flush()
+            self.block = len(lines)
+
+    def _clear(self) -> None:
+        if self.block:  # up to the display's first line, and clear to the end of the screen
+            sys.stderr.write(f"\x1b[{self.block}F\x1b[J")
+            self.block = 0
+
+    def close(self) -> None:
+        self.file.close()
 
 
 class RunProgress:
@@ -56,9 +114,11 @@ class SweepProgress(threading.Thread):
     The ETA divides the hardware FLOPs still to train by the FLOP rate achieved since the sweep started.
     rows: the sweep's planned runs (scaling.sweep_plan.PlannedRun)."""
 
-    def __init__(self, rows: list, every: float = 30.0):
+    def __init__(self, rows: list, every: float = 30.0, console: Console | None = None):
         super().__init__(daemon=True)
-        self.rows, self.every, self.stop = rows, every, threading.Event()
+        self.rows, self.stop, self.console = rows, threading.Event(), console
+        self.live = console is not None and console.live
+        self.every = 1.0 if self.live else every
         self.t0 = time.time()
         self.done0 = self._done_flops()[0]
 
@@ -80,14 +140,36 @@ class SweepProgress(threading.Thread):
                 training.append(f"{r.model} {r.tokens:.2g} tokens {100 * step / r.steps:.0f}%")
         return flops, [*trunks.values(), *training], finished
 
-    def report(self) -> str:
+    def _state(self) -> tuple[str, list[str]]:
         flops, training, finished = self._done_flops()
         total = sum(r.hw_flops for r in self.rows)
         rate = (flops - self.done0) / max(time.time() - self.t0, 1e-9)
         eta = f"ETA {(total - flops) / rate / 60:.1f} min" if rate > 0 else "ETA after the first log point"
-        return (f"[sweep] {finished}/{len(self.rows)} runs done, {100 * flops / total:.0f}% of the compute; "
-                f"training: {', '.join(training) or '-'}; {eta}")
+        return f"[sweep] {finished}/{len(self.rows)} runs done, {100 * flops / total:.0f}% of the compute; {eta}", \
+            training
+
+    def report(self) -> str:
+        head, training = self._state()
+        return f"{head.rsplit(';', 1)[0]}; training: {', '.join(training) or '-'};{head.rsplit(';', 1)[1]}"
 
     def run(self):
         while not self.stop.wait(self.every):
-            print(self.report(), flush=True)
+            self._show()
+
+    def _show(self) -> None:
+        if self.live:
+            head, training = self._state()
+            self.console.draw([head, *(f"  {t}" for t in training)])
+        else:
+            line = self.report()
+            print(line, flush=True)
+            if self.console is not None:
+                self.console.log(line)
+
+    def final(self) -> None:
+        """The display's last state, left on the screen (one line)."""
+        if self.live:
+            self.console.draw([self.report()])
+            self.console.block = 0
+        else:
+            self._show()

@@ -11,9 +11,11 @@
             ckpt/                       Orbax checkpoints (latest only)
             forks/                      a WSD trunk's saved states at its branches' fork steps
             lock                        held by the one process training the run (scaling.lock)
+            tracked.json, wandb/        the last step logged to the trackers; W&B's files (scaling.trackers)
         trunks/<run_id>/                WSD trunks (scaling.branching): run folders the fits never see
         packs/<id>/ckpt/                the checkpoint of a pack of runs trained together (scaling.packing)
-        plots/, .hydra/                 figures; Hydra's own logs
+        tensorboard/<run_id>/, fits/    TensorBoard event files of each run and of the sweep's fits (logger=...)
+        plots/, .hydra/, sweep.log      figures; Hydra's own logs; everything the sweep's processes printed
 
 Status values: running, completed, diverged, interrupted, failed. A run whose summary still says "running"
 was killed without a chance to write (kill -9, node loss): relaunching resumes it like an interrupted one.
@@ -43,7 +45,7 @@ HOST = socket.gethostname()
 
 CONFIG, METRICS, PROGRESS, SUMMARY, ERROR = "config.yaml", "metrics.jsonl", "progress.json", "summary.json", "error.txt"
 CKPT, FORKS, LOCK = "ckpt", "forks", "lock"
-NOT_RUNS = {"plots", "reference", "trunks", "packs"}  # folders of a sweep that hold no run of their own
+NOT_RUNS = {"plots", "reference", "trunks", "packs", "tensorboard", "wandb"}  # folders of a sweep that hold no run of their own
 
 PRIMARY = True  # False in every process but the first of a multi-process run: it writes nothing here
 

@@ -10,17 +10,19 @@ safe. At the end the sweep is collected and analysed (analysis.report).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
-from scaling import collect, memory, runs
+from scaling import collect, memory, runs, trackers
 from scaling.config import ConfigError
-from scaling.progress import SweepProgress
+from scaling.progress import SWEEP_LOG, Console, SweepProgress
 from scaling.sweep_file import as_launched, cells, hydra_value, load_sweep, scaled
 from scaling.sweep_plan import PlannedRun, plan, print_plan
 
@@ -52,11 +54,13 @@ def launch(spec: dict, extra: list[str], rows: list[PlannedRun] | None = None) -
     """One Hydra multirun per grid. Returns (the number of grids whose launch failed, the signal that stopped
     the sweep or None). SIGINT or SIGTERM stops it: see Launcher."""
     failures = 0
-    progress = SweepProgress(rows) if rows else None
+    results = runs.sweep_dir(rows[0].cfg) if rows else Path(".")
+    console = Console(results / SWEEP_LOG)
+    progress = SweepProgress(rows, console=console) if rows else None
     if progress:
         progress.start()
     try:
-        with Launcher() as launcher:
+        with Launcher(console) as launcher:
             for grid in spec["grids"]:
                 g, added = as_launched(spec, grid)
                 if rows:
@@ -65,14 +69,16 @@ def launch(spec: dict, extra: list[str], rows: list[PlannedRun] | None = None) -
                 sweep_args = [f"{k}={','.join(hydra_value(v) for v in vals)}" for k, vals in g.items()]
                 cmd = [sys.executable, "-m", "scaling.app", "-m", *spec["overrides"], *added, *sweep_args,
                        f"sweep={spec['name']}", *extra]
-                print("+", " ".join(cmd[1:]), flush=True)
+                console.log("+ " + " ".join(cmd[1:]))
                 failures += launcher.run(cmd) != 0
                 if launcher.signal:
                     break
     finally:
         if progress:
             progress.stop.set()
-            print(progress.report(), flush=True)
+            progress.join()
+            progress.final()
+        console.close()
     return failures, launcher.signal
 
 
@@ -84,8 +90,9 @@ class Launcher:
     forwarded to its descendants. Then no further grid is launched, and what the multirun leaves behind (idle
     workers) is killed; a second signal kills the descendants at once."""
 
-    def __init__(self):
+    def __init__(self, console: Console | None = None):
         self.signal, self.child, self.family, self._old = None, None, set(), {}
+        self.console = console
 
     def __enter__(self):
         self._old = {s: signal.signal(s, self._forward) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -106,8 +113,14 @@ class Launcher:
         if self.signal:
             return 0
         with tempfile.TemporaryDirectory(prefix="scaling-slots-") as slots:  # joblib workers' core slots
-            self.child = subprocess.Popen(cmd, env={**os.environ, "SCALING_SLOTS": slots})
+            piped = self.console is not None
+            self.child = subprocess.Popen(cmd, env={**os.environ, "SCALING_SLOTS": slots},
+                                          stdout=subprocess.PIPE if piped else None,
+                                          stderr=subprocess.STDOUT if piped else None, text=piped, errors="replace")
             try:
+                if piped:  # everything to the sweep's log; warnings and errors to the screen too
+                    for line in self.child.stdout:
+                        self.console.child_line(line.rstrip("\n"))
                 code = self.child.wait()
             finally:
                 self.child = None
@@ -284,14 +297,25 @@ def _sweep(spec: dict, extra: list[str], rows: list[PlannedRun]) -> int:
     from analysis.table import TableError, TooFewToFit
 
     try:
-        report.build(results, quiet=False, n_boot=int(spec.get("n_boot", 1000)), loss=spec.get("loss"),
-                     count=spec.get("count"))
+        with warnings.catch_warnings(record=True) as caught:  # numerical warnings of far-off fits: to the log
+            warnings.simplefilter("always")
+            result = report.build(results, quiet=True, n_boot=int(spec.get("n_boot", 1000)), loss=spec.get("loss"),
+                                  count=spec.get("count"))
+        with open(results / SWEEP_LOG, "a") as f:
+            f.writelines(f"{w.filename}:{w.lineno}: {w.category.__name__}: {w.message}\n" for w in caught)
     except TooFewToFit as e:  # the runs are trained and collected; there is just no law to fit to so few
         print(f"scaling sweep: no report: {e}", file=sys.stderr)
         return 0
     except TableError as e:
         print(f"scaling sweep: no report: {e}", file=sys.stderr)
         return 1
+    from analysis import report_text
+
+    # the answer, as the report opens with it; the rest is in report.md
+    print("\n".join(line.replace("**", "").replace("`", "") for line in report_text.answer(result)[2:] if line))
+    print(f"report: {results / 'report.md'} (every law, the checks, figures in {results / 'plots'}); everything the "
+          f"runs printed: {results / SWEEP_LOG}")
+    trackers.log_fits(results, json.loads((results / "fit.json").read_text()))
     return 1 if failures or unfinished else 0
 
 
