@@ -7,7 +7,17 @@ import argparse
 import json
 import sys
 
-from analysis import data_constrained, emergence_report, extrapolation, isoflop, laws, lse, predictive, report
+from analysis import (
+    data_constrained,
+    emergence_report,
+    extrapolation,
+    isoflop,
+    laws,
+    lse,
+    predictive,
+    report,
+    report_text,
+)
 from analysis.fit import judge
 from analysis.table import COUNTS, TableError, load, results_folder
 
@@ -137,7 +147,7 @@ def main(command: str, argv: list[str]) -> int:
         return 2
     doc = report.to_json(result)
     (results_folder(args.results) / "fit.json").write_text(json.dumps(doc, indent=1, default=float))
-    print(json.dumps(doc, indent=1, default=float) if args.json else report.format_tables(result))
+    print(json.dumps(doc, indent=1, default=float) if args.json else report_text.format_tables(result))
     return 0
 
 

@@ -43,14 +43,17 @@ class Console:
         self.lock = threading.Lock()
         self.block = 0  # lines of the live display now on the screen
         self.live = live_terminal()
+        # set once the sweep is signalled: what the runs then say (each one interrupted) the sweep says in one line
+        self.stopping = False
 
     def log(self, line: str) -> None:
         with self.lock:
-            self.file.write(line + "\n")
+            if not self.file.closed:  # a launcher's lingering worker may still print after the sweep has ended
+                self.file.write(line + "\n")
 
     def child_line(self, line: str) -> None:
         self.log(line)
-        if LOUD.search(line):
+        if LOUD.search(line) and not self.stopping:
             self.say(line)
 
     def say(self, line: str) -> None:

@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -105,6 +106,8 @@ class Launcher:
     def _forward(self, signum, frame):
         again = self.signal is not None
         self.signal = self.signal or signum
+        if self.console is not None:
+            self.console.stopping = True
         if self.child is not None:
             self.family |= _descendants(os.getpid())
             _send(self.family, signal.SIGKILL if again else signal.SIGTERM)
@@ -117,16 +120,24 @@ class Launcher:
             self.child = subprocess.Popen(cmd, env={**os.environ, "SCALING_SLOTS": slots},
                                           stdout=subprocess.PIPE if piped else None,
                                           stderr=subprocess.STDOUT if piped else None, text=piped, errors="replace")
+            # everything to the sweep's log, warnings and errors to the screen too; read aside, because a launcher's
+            # idle workers (joblib's) may hold the pipe open after the multirun has ended
+            reader = threading.Thread(target=self._relay, args=(self.child.stdout,), daemon=True) if piped else None
+            if reader is not None:
+                reader.start()
             try:
-                if piped:  # everything to the sweep's log; warnings and errors to the screen too
-                    for line in self.child.stdout:
-                        self.console.child_line(line.rstrip("\n"))
                 code = self.child.wait()
             finally:
                 self.child = None
             if self.signal:
                 _send(self.family, signal.SIGKILL)
+            if reader is not None:
+                reader.join(timeout=5)  # what the multirun printed last
         return code
+
+    def _relay(self, stream) -> None:
+        for line in stream:
+            self.console.child_line(line.rstrip("\n"))
 
 
 def _descendants(root: int) -> set[int]:
