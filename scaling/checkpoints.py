@@ -34,7 +34,9 @@ def save(mgr: ocp.CheckpointManager, step: int, state, acc: np.ndarray, elapsed:
     A save that fails (a full disk) tears down Orbax's writer threads, which go on printing asyncio tracebacks
     ('Event loop is closed') for a while after the error reaches the caller. So this process's standard error goes
     to a scratch file during a save and, once one has failed, stays there: the process trains nothing more, and
-    what it must still say goes to real_stderr()."""
+    what it must still say goes to real_stderr(). Orbax's own error log (with its writer thread's traceback) goes
+    there too, rather than to the job log on standard output: the error it reports reaches the run as an exception,
+    which says it in one line."""
     scratch = tempfile.TemporaryFile()  # noqa: SIM115 -- kept open (and stderr on it) if the save fails
     saved = _redirect_stderr(scratch)
     try:
@@ -124,9 +126,15 @@ def _unraisable_to(f, unraisable) -> None:
 
 
 def _redirect_stderr(f) -> int:
+    """Standard error, and Orbax's log records (absl's logger, else printed by the job log on standard output), to
+    f; returns the real standard error's descriptor."""
     sys.stderr.flush()
     saved = os.dup(2)
     os.dup2(f.fileno(), 2)
+    absl = logging.getLogger("absl")
+    if _ABSL_TO_STDERR not in absl.handlers:
+        absl.addHandler(_ABSL_TO_STDERR)
+    absl.propagate = False
     return saved
 
 
@@ -134,3 +142,20 @@ def _restore_stderr(saved: int) -> None:
     sys.stderr.flush()
     os.dup2(saved, 2)
     os.close(saved)
+    absl = logging.getLogger("absl")
+    absl.removeHandler(_ABSL_TO_STDERR)
+    absl.propagate = True
+
+
+class _DescriptorTwo(logging.StreamHandler):
+    """Writes to descriptor 2 as it is at the time (wherever _redirect_stderr has pointed it)."""
+
+    def __init__(self):
+        super().__init__(stream=None)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with contextlib.suppress(OSError):
+            os.write(2, (self.format(record) + "\n").encode(errors="replace"))
+
+
+_ABSL_TO_STDERR = _DescriptorTwo()

@@ -9,6 +9,7 @@ launcher, whichever process or machine trains the runs.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -39,7 +40,7 @@ class Console:
 
     def __init__(self, path: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.file = open(path, "a", buffering=1, errors="replace")  # noqa: SIM115 -- closed by close()
+        self.fd: int | None = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         self.lock = threading.Lock()
         self.block = 0  # lines of the live display now on the screen
         self.live = live_terminal()
@@ -47,9 +48,12 @@ class Console:
         self.stopping = False
 
     def log(self, line: str) -> None:
+        """One line to the sweep's log, written whole or not at all: on a full disk the line is lost, the sweep
+        goes on (its runs say, in one line each, what stopped them)."""
         with self.lock:
-            if not self.file.closed:  # a launcher's lingering worker may still print after the sweep has ended
-                self.file.write(line + "\n")
+            if self.fd is not None:  # a launcher's lingering worker may still print after the sweep has ended
+                with contextlib.suppress(OSError):
+                    os.write(self.fd, (line + "\n").encode(errors="replace"))
 
     def child_line(self, line: str) -> None:
         self.log(line)
@@ -77,7 +81,10 @@ class Console:
             self.block = 0
 
     def close(self) -> None:
-        self.file.close()
+        with self.lock:
+            if self.fd is not None:
+                os.close(self.fd)
+                self.fd = None
 
 
 class RunProgress:

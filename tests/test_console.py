@@ -10,6 +10,7 @@ import select
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 
 def screen(raw: str) -> list[str]:
@@ -91,3 +92,14 @@ def test_warnings_and_errors_of_the_training_processes_still_reach_the_screen(tm
     console.close()
     assert capsys.readouterr().err.splitlines() == lines[2:]
     assert (tmp_path / "sweep.log").read_text().splitlines() == lines
+
+
+def test_a_sweep_log_on_a_full_disk_loses_its_lines_but_not_the_screen(capsys):
+    # /dev/full refuses every write with ENOSPC, as a results folder on a full filesystem does
+    from scaling.progress import Console
+
+    console = Console(Path("/dev/full"))
+    console.child_line("[2026-12-07 06:01:00,000][scaling.train][INFO] - step 8")
+    console.child_line("scaling: run abc interrupted: no space left on device")
+    console.close()
+    assert capsys.readouterr().err.splitlines() == ["scaling: run abc interrupted: no space left on device"]

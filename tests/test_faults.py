@@ -472,6 +472,37 @@ def _mount_tmpfs(path: Path, size: str) -> None:
         pytest.skip(f"a small filesystem needs `mount -t tmpfs` (root): {r.stderr.strip() or 'not permitted'}")
 
 
+SAVE_ON_A_FULL_DISK = """
+import logging, sys
+import numpy as np
+from flax import nnx
+from scaling import checkpoints
+logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="[%(name)s][%(levelname)s] - %(message)s",
+                    force=True)  # as a Hydra job's log: on standard output
+class M(nnx.Module):
+    def __init__(self):
+        self.w = nnx.Param(np.random.default_rng(0).random((400, 1000), np.float32))  # 1.6 MB, incompressible
+try:
+    checkpoints.save(checkpoints.manager(sys.argv[1]), 1, nnx.state(M()), np.zeros((3, 1)), 1.0)
+except Exception as e:
+    print("save failed:", type(e).__name__, file=checkpoints.real_stderr())
+"""
+
+
+def test_a_checkpoint_save_that_meets_a_full_disk_prints_no_traceback_on_either_stream(tmp_path):
+    # Orbax logs its writer thread's failure, with a traceback, through absl's logger, which a job's log prints on
+    # standard output (and a sweep relays to the screen): the run reports that failure in one line of its own
+    small = tmp_path / "small"
+    _mount_tmpfs(small, "1m")
+    try:
+        p = subprocess.run([sys.executable, "-c", SAVE_ON_A_FULL_DISK, str(small / "ckpt")], capture_output=True,
+                           text=True, check=False, cwd=Path(__file__).parents[1])
+        assert p.returncode == 0 and p.stderr.strip() == "save failed: ValueError", p.stderr[-3000:]
+        assert "Traceback" not in p.stdout and "[absl][ERROR]" not in p.stdout, p.stdout[-3000:]
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=False)
+
+
 @pytest.mark.slow
 def test_a_sweep_on_a_full_filesystem_ends_in_one_line_and_resumes_when_there_is_room(tmp_path, cache_dir):
     small = tmp_path / "small"
