@@ -10,34 +10,43 @@ For one metric against one scale axis:
 1. Orientation and normalisation: u = (y - chance) / (ceiling - chance), so 0 is chance and 1 the ceiling, rising
    with scale (metrics where lower is better, like loss, are flipped). Without a known chance or ceiling the data's
    own range is used and the floor is estimated from the fit. The axis is log10(scale) (or -loss for axis 'loss').
-2. Four fits by least squares on u: constant (1 parameter); smooth, the better of a line in log scale and a power
-   law on the error 1 - u = A X^-a (2); a sigmoid lo + (hi - lo) / (1 + exp(-(x - m) / w)) (4); and a one-break
-   broken power law on the error (Caballero et al. 2022), a + b X^-c0 (1 + (X / d)^(1/f))^(-c1 f) (6), reported
-   for its break d (analysis.curve_fits). Models are compared by BIC = n log(SSE / n) + k log n (SSE floored at
-   n (1e-3)^2).
-3. A case bootstrap (rows resampled) refits the smooth and sigmoid forms; p is the share of resamples in which the
-   sigmoid fails to beat the smooth form by delta-BIC >= 6.
-4. `emergent` needs all of: the points before the transition (1.5 10-90% widths
-   below the midpoint, where the fitted rise is under 0.2% of the jump) within floor + 2 SE, at least two points
-   above the midpoint significantly above the floor (> floor + 2 SE), a 10-90% width under `max_width` decades,
-   p <= 0.10 (sigmoid wins in >= 90% of resamples), and p <= 0.10 / m after Holm's correction over the m tests of
-   the call. `unresolved`: the sigmoid beats the smooth form by delta-BIC >= 6 on the full data but its jump falls
-   between two grid points more than `max_width` decades apart, so its width cannot be told (the bootstrap is not
-   asked: resamples that drop one side of the gap fit a line as well as a step). Otherwise `smooth` (the smooth form beats the constant by delta-BIC >= 6) or `flat`.
+2. Four fits on u: constant (1 parameter); smooth, the better of a line in log scale and a power law on the error
+   1 - u = A X^-a (2); a sigmoid lo + (hi - lo) / (1 + exp(-(x - m) / w)) (4); and a one-break broken power law on
+   the error (Caballero et al. 2022), a + b X^-c0 (1 + (X / d)^(1/f))^(-c1 f) (6), reported for its break d
+   (analysis.curve_fits). The first three are fitted under Student-t errors (NU = 10 degrees of freedom, scale
+   fitted) and compared by that likelihood's BIC, -2 log L + (k + 1) log n: a few evaluations that failed (a model
+   family scoring near zero among models that score 0.3) then cost every form about the same, where under least
+   squares two such points can decide the comparison. The sigmoid's parameters are refined by least squares
+   weighted as the t fit weighs each point; a point weighed under OUTLIER_WEIGHT is counted as an outlier.
+   Fewer than MIN_SCALES distinct scales are "too few points".
+3. A case bootstrap (rows resampled) refits the smooth and sigmoid forms; the sigmoid is stable when it beats the
+   smooth form by delta-BIC >= 6 in at least 90% of resamples. The resamples' midpoints give its interval.
+4. The test of a transition is a parametric bootstrap under the smooth form: series drawn from the smooth curve
+   fitted under t errors plus t noise of its fitted scale; p is the share whose delta-BIC reaches the observed
+   one, and a flag must survive Holm's correction over the m series of the call (a series not tested counts
+   as p = 1).
+   `emergent` needs all of: the points before the transition (1.5 10-90% widths below the midpoint, where the
+   fitted rise is under 0.2% of the jump) within floor + 2 SE, at least two points above the midpoint
+   significantly above the floor (> floor + 2 SE), a 10-90% width under `max_width` decades with grid points
+   within `max_width` on both sides of the midpoint, delta-BIC >= 6, a stable sigmoid, and p <= 0.10 before the
+   correction. `break`: the same, but the metric was not at its floor below the transition. `unresolved`: the
+   sigmoid beats the smooth form by delta-BIC >= 6 but its jump falls between two grid points more than
+   `max_width` decades apart, so its width cannot be told (no test is run: resamples that drop one side of the gap
+   fit a line as well as a step). Otherwise `smooth` (the smooth form beats the constant by delta-BIC >= 6) or
+   `flat`.
    `gradual emergence` (flagged, like `emergent`): a rise from a floor too broad for `emergent` -- what pooling
    model families of different compute efficiency gives, or a rise whose largest models fall back a little --
    needs: the points more than one 10-90% width below the midpoint (under 1.2% of the fitted rise) within
    floor + 2 SE but for one in ten (at least one when there are five or more; a family trained far more
    efficiently than the rest, say), at least two points significantly above the floor, a 10-90% width from
    `max_width` to GRADUAL_MAX_WIDTH decades, the sigmoid beating the smooth form by delta-BIC >= 10 (very strong
-   evidence on Kass and Raftery's scale), and a parametric-bootstrap p-value under the smooth form (datasets
-   drawn from the fitted smooth curve plus its residual scatter; p is the share whose delta-BIC reaches the
-   observed one) that survives Holm's correction.
+   evidence on Kass and Raftery's scale), and the test's p-value surviving Holm's correction (the case bootstrap
+   is not asked: a broad rise of scattered points rarely gives the sigmoid a delta-BIC of 6 in 90% of resamples).
    A discontinuous metric flagged emergent whose continuous counterpart shows no sharp transition of its own
    (not emergent, break, unresolved, nor emergent before the correction) gets `metric artefact`.
 
-SE: binomial, sqrt(p (1 - p) / n_items), when the number of evaluation items is known; otherwise the residual
-standard deviation of the sigmoid fit (normalised units, at least 0.01).
+SE: binomial, sqrt(p (1 - p) / n_items), when the number of evaluation items is known; otherwise the standard
+deviation of the sigmoid's t errors, sigma sqrt(NU / (NU - 2)) (normalised units, at least 0.01).
 Breakthroughness (BIG-bench, Srivastava et al. 2022): I / sqrt(median(dy^2)) over consecutive points sorted by
 scale, with I = sign(argmax - argmin) (max - min).
 """
@@ -52,16 +61,14 @@ import numpy as np
 import pandas as pd
 
 from analysis.curve_fits import (
-    bic,
+    NU,
     breakthroughness,
     fit_bnsl,
     fit_sigmoid,
-    fit_smooth,
     grid_delta_bic,
-    profile,
+    robust_bics,
     sigmoid_grid,
-    smooth_bic,
-    smooth_curve,
+    smooth_null,
 )
 
 DELTA_BIC = 6.0
@@ -72,6 +79,9 @@ GRADUAL_MAX_WIDTH = 2.5  # decades: broader rises are trends, not transitions
 CLEAR_DELTA_BIC = 10.0  # "very strong" evidence on Kass and Raftery's scale
 GRADUAL_OUTLIERS = 0.1  # share of the points before a broad rise allowed above the floor (at least 1 of 5 or more)
 FLAGGED = ("emergent", "gradual emergence")
+# a sigmoid and its scale are five parameters: with fewer distinct scales it passes through every point but one
+MIN_SCALES = 6
+OUTLIER_WEIGHT = 0.1  # a point the robust sigmoid fit weighs under this (|r| over 10 scales at NU = 10) is an outlier
 
 
 @dataclass
@@ -113,23 +123,24 @@ def _standard_errors(s: Series, u: np.ndarray, lo: float, hi: float, resid_sd: f
 
 
 def _bootstrap(x: np.ndarray, u: np.ndarray, n_boot: int, seed: int) -> tuple[float, np.ndarray, np.ndarray]:
-    """Resampled rows as count vectors, every resample's sigmoid and smooth fits profiled at once. Returns p (the
-    share of resamples where the sigmoid fails to win by DELTA_BIC), the resamples' midpoints and delta-BICs."""
+    """Resampled rows as count vectors, every resample's sigmoid and smooth forms fitted at once under Student-t
+    errors (on the sigmoid grid). Returns the share of resamples where the sigmoid fails to win by DELTA_BIC, the
+    resamples' midpoints and delta-BICs."""
     n = len(u)
     rng = np.random.default_rng(seed)
     counts = rng.multinomial(n, np.full(n, 1 / n), size=n_boot).astype(float)
-    counts = counts[np.array([len(np.unique(x[c > 0])) >= 4 for c in counts], bool)] if n_boot else counts
+    counts = counts[np.array([len(np.unique(x[c > 0])) >= MIN_SCALES for c in counts], bool)] if n_boot else counts
+    if not len(counts):
+        return 1.0, np.array([]), np.array([])
     grid, basis = sigmoid_grid(x)
-    sse_b, _, _ = profile(basis, u, counts)
-    best = np.argmin(sse_b, 1)
-    sb_lin, sb_pow = fit_smooth(x, u, counts)
-    d_bic = smooth_bic(sb_lin, sb_pow, n) - np.vectorize(bic)(sse_b[np.arange(len(best)), best], n, 4)
-    p = float((1 + np.sum(d_bic < DELTA_BIC)) / (1 + len(d_bic))) if len(d_bic) else 1.0
-    return p, grid[best, 0], d_bic
+    rb = robust_bics(x, u, basis, counts)
+    d_bic = rb["smooth"] - rb["sigmoid"]
+    return float((1 + np.sum(d_bic < DELTA_BIC)) / (1 + len(d_bic))), grid[rb["sigmoid_fit"]["row"], 0], d_bic
 
 
-def _criteria(x, u, se, floor, theta, p, max_width) -> tuple[dict, float]:
-    """The conditions for `emergent` (module docstring), and the gap between grid points around the midpoint."""
+def _criteria(x, u, se, floor, theta, d_bic, p_case, max_width) -> tuple[dict, float]:
+    """The shape conditions for `emergent` (module docstring), and the gap between grid points around the
+    midpoint."""
     lo_s, hi_s, m, logw = theta
     width = LOGIT_WIDTH * math.exp(logw)
     # "before the transition": 1.5 10-90% widths below the midpoint, where the fitted rise is under 0.2% of the
@@ -144,22 +155,22 @@ def _criteria(x, u, se, floor, theta, p, max_width) -> tuple[dict, float]:
         "quiet_below": bool(below.any() and np.all(u[below] <= floor + 2 * se[below])),
         "two_above": int(np.sum(u[above] > floor + 2 * se[above])) >= 2,
         "narrow": width <= max_width,
-        "sigmoid_wins": p <= SIGNIFICANCE,
+        "resolved": gap <= max_width,  # the grid points either side of the midpoint are within max_width
+        "sigmoid_better": d_bic >= DELTA_BIC,
+        "stable": p_case <= SIGNIFICANCE,  # and in at least 90% of the case resamples
     }, gap
 
 
 def _null_p(x: np.ndarray, u: np.ndarray, n_sim: int, seed: int) -> float:
-    """Parametric bootstrap under the smooth form: the share of datasets drawn from the fitted smooth curve plus
-    Gaussian noise of its residual scatter in which the sigmoid beats the smooth form by the observed delta-BIC
-    (both on the sigmoid grid, unrefined)."""
-    fitted = smooth_curve(x, u)
-    sd = float(np.sqrt(np.sum((u - fitted) ** 2) / max(len(u) - 3, 1)))
+    """Parametric bootstrap under the smooth form: the share of series drawn from the smooth curve fitted under
+    Student-t errors plus t noise of its fitted scale in which the sigmoid beats the smooth form by the observed
+    robust delta-BIC (both on the sigmoid grid, unrefined; the simulated series fitted all at once)."""
+    fitted, sigma = smooth_null(x, u)
     _, basis = sigmoid_grid(x)
     observed = grid_delta_bic(x, u, basis)
     rng = np.random.default_rng(seed)
-    reached = sum(grid_delta_bic(x, fitted + sd * rng.standard_normal(len(u)), basis) >= observed
-                  for _ in range(n_sim))
-    return (1 + reached) / (1 + n_sim)
+    simulated = fitted[None, :] + sigma * rng.standard_t(NU, (n_sim, len(u)))
+    return float((1 + np.sum(grid_delta_bic(x, simulated, basis) >= observed)) / (1 + n_sim))
 
 
 def _gradual(x, u, se, floor, theta, max_width, b) -> bool:
@@ -173,17 +184,18 @@ def _gradual(x, u, se, floor, theta, max_width, b) -> bool:
                 and b["smooth"] - b["sigmoid"] >= CLEAR_DELTA_BIC)
 
 
-def _verdict(criteria: dict, gap: float, width: float, max_width: float, b: dict) -> str:
-    c = criteria
-    if all(c.values()):
-        return "emergent"
-    if c["rising"] and c["narrow"] and c["sigmoid_wins"] and c["two_above"]:
-        return "break"  # a sharp transition, but the metric was not at its floor below it
-    if c["rising"] and c["two_above"] and gap > max_width and width <= gap and \
-            b["smooth"] - b["sigmoid"] >= DELTA_BIC:
-        # the resamples cannot decide here: any that drop one side of the gap fit a line as well as a step
-        return "unresolved"
-    return "smooth" if min(b["smooth"], b["sigmoid"]) <= b["constant"] - DELTA_BIC else "flat"
+def _verdict(c: dict, gap: float, width: float, max_width: float, b: dict, gradual: bool, test) -> tuple[str, float]:
+    """The verdict and its p-value (NaN where no test was run); test() runs the parametric test (_null_p)."""
+    if c["rising"] and c["narrow"] and c["resolved"] and c["two_above"] and c["sigmoid_better"] and c["stable"]:
+        p = test()
+        if p <= SIGNIFICANCE:  # a sharp transition; "break" where the metric was not at its floor below it
+            return ("emergent" if c["quiet_below"] else "break"), p
+    elif c["rising"] and c["two_above"] and gap > max_width and width <= gap and c["sigmoid_better"]:
+        # a jump between two grid points further apart than max_width: its width cannot be told
+        return "unresolved", math.nan
+    elif gradual:
+        return "gradual emergence", test()
+    return ("smooth" if min(b["smooth"], b["sigmoid"]) <= b["constant"] - DELTA_BIC else "flat"), math.nan
 
 
 def detect(s: Series, n_boot: int = 400, seed: int = 0, max_width: float = MAX_WIDTH) -> dict:
@@ -195,31 +207,24 @@ def detect(s: Series, n_boot: int = 400, seed: int = 0, max_width: float = MAX_W
     out = {"task": s.task, "metric": s.metric, "axis": s.axis, "group": s.group, "n_points": len(x),
            "discontinuous": s.discontinuous, "counterpart": s.counterpart,
            "counterpart_task": s.counterpart_task or s.task}
-    if len(np.unique(x)) < 4:
+    if len(np.unique(x)) < MIN_SCALES:
         return {**out, "verdict": "too few points", "p": math.nan}
     u, lo, hi, floor_known = normalise(s)
-    n = len(u)
-    theta, sse_sig = fit_sigmoid(x, u)
-    sse_lin, sse_pow = fit_smooth(x, u)
+    rb = robust_bics(x, u)
+    t_sig = rb["sigmoid_fit"]
+    theta, _ = fit_sigmoid(x, u, t_sig["weights"])  # weighted as the t fit weighs each point
     bn = fit_bnsl(x, u)
-    b = {"constant": bic(float(np.sum((u - u.mean()) ** 2)), n, 1),
-         "smooth": float(smooth_bic(sse_lin, sse_pow, n)[0]), "sigmoid": bic(sse_sig, n, 4),
-         "bnsl": bic(bn[1], n, 6) if bn else None}
+    b = {"constant": rb["constant"], "smooth": rb["smooth"], "sigmoid": rb["sigmoid"]}
     lo_s, hi_s, m, logw = theta
     width = LOGIT_WIDTH * math.exp(logw)
-    se = _standard_errors(s, u, lo, hi, math.sqrt(sse_sig / max(n - 4, 1)))
-    p, mids, d_bic = _bootstrap(x, u, n_boot, seed)
+    se = _standard_errors(s, u, lo, hi, t_sig["sigma"] * math.sqrt(NU / (NU - 2)))  # the t's standard deviation
+    p_case, mids, d_bic = _bootstrap(x, u, n_boot, seed)
     m_lo, m_hi = (np.percentile(mids, [2.5, 97.5]) if len(mids) else (math.nan, math.nan))
     m_lo, m_hi = min(m_lo, m), max(m_hi, m)  # the grid's resolution must not exclude the refined estimate
     floor = 0.0 if floor_known else min(lo_s, hi_s)
-    criteria, gap = _criteria(x, u, se, floor, theta, p, max_width)
-    verdict, p_case = _verdict(criteria, gap, width, max_width, b), p
-    if verdict not in ("emergent", "break", "unresolved") and _gradual(x, u, se, floor, theta, max_width, b):
-        # the case bootstrap asks whether the sigmoid wins by 6 in 90% of resamples, which a broad rise of
-        # scattered points (several model families) rarely does; the test of a broad rise is against the null
-        # of the smooth form itself
-        verdict = "gradual emergence"
-        p = _null_p(x, u, n_boot, seed)
+    criteria, gap = _criteria(x, u, se, floor, theta, b["smooth"] - b["sigmoid"], p_case, max_width)
+    gradual = _gradual(x, u, se, floor, theta, max_width, b)
+    verdict, p = _verdict(criteria, gap, width, max_width, b, gradual, lambda: _null_p(x, u, n_boot, seed))
     to_scale = (lambda v: -v) if s.axis == "loss" else (lambda v: 10 ** v)
     sign = 1 if s.higher_is_better else -1
     out.update({
@@ -230,10 +235,11 @@ def detect(s: Series, n_boot: int = 400, seed: int = 0, max_width: float = MAX_W
         "breakthroughness": breakthroughness(x, s.y if s.higher_is_better else -s.y),
         "delta_bic": b["smooth"] - b["sigmoid"],
         "delta_bic_median": float(np.median(d_bic)) if len(d_bic) else math.nan, "bic": b,
-        "smooth_form": "linear" if bic(sse_lin[0], n, 2) <= bic(sse_pow[0], n, 3) else "power",
+        "smooth_form": "linear" if rb["linear"] <= rb["power"] else "power",
         "floor": "chance" if floor_known else "estimated",
         "fit": {"sigmoid": [float(v) for v in theta], "normalise": [lo, hi], "higher_is_better": s.higher_is_better},
         "bnsl_break": (to_scale(float(bn[0][4]) / math.log(10)) if bn else None),
+        "outliers": int(np.sum(t_sig["weights"] < OUTLIER_WEIGHT)),
     })
     return out
 
@@ -241,12 +247,14 @@ def detect(s: Series, n_boot: int = 400, seed: int = 0, max_width: float = MAX_W
 def holm(results: list[dict], alpha: float = SIGNIFICANCE) -> None:
     """Holm's step-down correction over the tests' p-values; demotes a flag ('emergent', 'gradual emergence')
     that does not survive it."""
-    tested = sorted((r for r in results if not math.isnan(r.get("p", math.nan))), key=lambda r: r["p"])
+    # every analysed series counts: one that no test was run on (p NaN) is a null not rejected, p = 1
+    tested = sorted((r for r in results if r["verdict"] != "too few points"),
+                    key=lambda r: 1.0 if math.isnan(r.get("p", math.nan)) else r["p"])
     m = len(tested)
     stop = False
     for i, r in enumerate(tested):
         r["p_threshold"] = alpha / (m - i)
-        if stop or r["p"] > r["p_threshold"]:
+        if stop or not r["p"] <= r["p_threshold"]:
             stop = True
             r["survives_correction"] = False
             if r["verdict"] in FLAGGED:

@@ -96,11 +96,12 @@ def table_lines(results: list[dict]) -> list[str]:
 
 def markdown(results: list[dict], figures: list[Path], folder: Path) -> str:
     out = ["## Emergence", "",
-           ("Each probe metric against each scale axis (analysis/emergence.py): sigmoid vs smooth fit by BIC under a "
-            "bootstrap, Holm-corrected over the tests of each view; `emergent` also needs the points before the "
-            "transition at chance, two points above it significantly above chance and a 10-90% width under one "
-            "decade. `gradual emergence` (also flagged): the same rise from a floor over one to 2.5 decades, won by "
-            "the sigmoid by delta-BIC >= 10 and tested against the smooth form by a parametric bootstrap. "
+           ("Each probe metric against each scale axis (analysis/emergence.py): sigmoid vs smooth fit by BIC under "
+            "Student-t errors, tested against the smooth form by a parametric bootstrap, Holm-corrected over the "
+            "tests of each view; `emergent` also needs the sigmoid to win in 90% of case resamples, the points "
+            "before the transition at chance, two points above it significantly above chance and a 10-90% width "
+            "under one decade. `gradual emergence` (also flagged): the same rise from a floor over one to 2.5 "
+            "decades, won by the sigmoid by delta-BIC >= 10. "
             "`metric artefact`: the discontinuous metric jumps but its continuous counterpart does not.")]
     views = {"runs": "Across runs (final values)",
              "checkpoints": "Over training (every evaluation point of the runs trained on probe text; C = 6 N x "

@@ -103,3 +103,19 @@ def test_a_sweep_log_on_a_full_disk_loses_its_lines_but_not_the_screen(capsys):
     console.child_line("scaling: run abc interrupted: no space left on device")
     console.close()
     assert capsys.readouterr().err.splitlines() == ["scaling: run abc interrupted: no space left on device"]
+
+
+def test_after_a_run_meets_a_full_disk_the_aftermath_stays_in_the_log(tmp_path, capsys):
+    # a failed checkpoint write leaves writer threads that report the same failure later, in tracebacks
+    from scaling.progress import Console
+
+    console = Console(tmp_path / "sweep.log")
+    lines = ["scaling: run abc cannot be written: no space left on device (/r/ckpt/80); it is interrupted",
+             "Future exception was never retrieved", "Traceback (most recent call last):",
+             '  File "/x/concurrent/futures/thread.py", line 58, in run', "OSError: [Errno 28] No space left on device",
+             "scaling: run def cannot be written: no space left on device (/r/ckpt/40); it is interrupted"]
+    for line in lines:
+        console.child_line(line)
+    console.close()
+    assert capsys.readouterr().err.splitlines() == lines[:1]
+    assert (tmp_path / "sweep.log").read_text().splitlines() == lines
