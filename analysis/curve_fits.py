@@ -4,9 +4,9 @@ et al. 2022, by least squares).
 
 Evaluations of real models have heavy tails: a family whose evaluation failed (a prompt format it does not
 follow) scores near zero among models that score 0.3. Least squares lets two such points decide a comparison, so
-the constant, smooth and sigmoid forms are fitted under Student-t errors (NU degrees of freedom, scale fitted), by iteratively reweighted
-least squares (the EM algorithm for the t, Lange et al. 1989), and compared by that likelihood's BIC
-(`robust_bics`): a point far off every curve then costs each form about the same.
+the constant, smooth and sigmoid forms are fitted under Student-t errors (NU degrees of freedom, scale fitted),
+by iteratively reweighted least squares (the EM algorithm for the t, Lange et al. 1989), and compared by that
+likelihood's BIC (`robust_bics`): a point far off every curve then costs each form about the same.
 
 Where a form is linear once its nonlinear parameters are fixed, those are profiled over a grid for every
 bootstrap weight vector (or simulated series) at once (`profile`), which keeps a 400-resample bootstrap to a few
@@ -110,36 +110,40 @@ def t_fit(basis: np.ndarray, u: np.ndarray, counts: np.ndarray | None = None, it
     return {"row": row, "fitted": fitted, "sigma": sigma[:, 0], "nll": -np.sum(c * logpdf, 1), "weights": w}
 
 
+def _t_bic(fit: dict, k: int, n: int):
+    """BIC = 2 NLL + (k + 1) log n of a t_fit: k parameters of the form, and the scale."""
+    return 2 * fit["nll"] + (k + 1) * math.log(n)
+
+
 def robust_bics(x: np.ndarray, u: np.ndarray, grid_basis: np.ndarray | None = None,
                 counts: np.ndarray | None = None) -> dict:
-    """BIC = 2 NLL + (k + 1) log n under Student-t errors (k parameters of the form, and the scale) of the constant,
-    the line, the power law with offset and the sigmoid (on its grid, unrefined), per row of counts or of u (B,);
-    "smooth" is the better of the line and the power law. Also the sigmoid's t_fit (its weights and scale)."""
+    """BICs (_t_bic) under Student-t errors of the constant, the line, the power law with offset and the sigmoid
+    (on its grid, unrefined), per row of counts or of u (B,); "smooth" is the better of the line and the power
+    law. "fits" holds each form's t_fit; for one series (neither counts nor rows of u), plain numbers and that
+    series' fits."""
     n = u.shape[-1]
     basis = sigmoid_grid(x)[1] if grid_basis is None else grid_basis
     batch = counts is not None or u.ndim == 2
-    # resamples: weights to 1e-3 (on Ruan et al.'s table, the same verdicts and thresholds as 1e-4, in under half the time)
+    # resamples: weights to 1e-3 (on Ruan et al.'s table, the same verdicts and thresholds as 1e-4, in under
+    # half the time)
     tol = 1e-3 if batch else 1e-6
-    fits = {"constant": (t_fit(np.zeros((1, n)), u, counts, tol=tol), 1),
-            "linear": (t_fit(x[None, :], u, counts, tol=tol), 2),
-            "power": (t_fit(_power_grid(x)[1], u, counts, tol=tol), 3),
-            "sigmoid": (t_fit(basis, u, counts, tol=tol), 4)}
-    out = {name: 2 * f["nll"] + (k + 1) * math.log(n) for name, (f, k) in fits.items()}
+    forms = {"constant": (np.zeros((1, n)), 1), "linear": (x[None, :], 2), "power": (_power_grid(x)[1], 3),
+             "sigmoid": (basis, 4)}
+    fits = {name: t_fit(b, u, counts, tol=tol) for name, (b, _) in forms.items()}
+    out = {name: _t_bic(fits[name], k, n) for name, (_, k) in forms.items()}
     if not batch:
         out = {name: float(v[0]) for name, v in out.items()}
-        fits["sigmoid"][0].update(fitted=fits["sigmoid"][0]["fitted"][0], weights=fits["sigmoid"][0]["weights"][0],
-                                  sigma=float(fits["sigmoid"][0]["sigma"][0]))
+        fits = {name: {key: v[0] for key, v in f.items()} for name, f in fits.items()}
     out["smooth"] = np.minimum(out["linear"], out["power"])
-    out["sigmoid_fit"] = fits["sigmoid"][0]
+    out["fits"] = fits
     return out
 
 
-def smooth_null(x: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, float]:
-    """The null model of analysis.emergence's test: the fitted values of the better (by robust BIC) smooth form
-    under Student-t errors, and its scale sigma."""
-    line, power = t_fit(x[None, :], u), t_fit(_power_grid(x)[1], u)
-    best = line if 2 * line["nll"][0] + 3 * math.log(len(u)) <= 2 * power["nll"][0] + 4 * math.log(len(u)) else power
-    return best["fitted"][0], float(best["sigma"][0])
+def smooth_null(rb: dict) -> tuple[np.ndarray, float]:
+    """The null model of analysis.emergence's test, from one series' robust_bics: the fitted values of the better
+    smooth form under Student-t errors, and its scale sigma."""
+    best = rb["fits"]["linear" if rb["linear"] <= rb["power"] else "power"]
+    return best["fitted"], float(best["sigma"])
 
 
 def grid_delta_bic(x: np.ndarray, u: np.ndarray, grid_basis: np.ndarray):

@@ -135,7 +135,7 @@ def _bootstrap(x: np.ndarray, u: np.ndarray, n_boot: int, seed: int) -> tuple[fl
     grid, basis = sigmoid_grid(x)
     rb = robust_bics(x, u, basis, counts)
     d_bic = rb["smooth"] - rb["sigmoid"]
-    return float((1 + np.sum(d_bic < DELTA_BIC)) / (1 + len(d_bic))), grid[rb["sigmoid_fit"]["row"], 0], d_bic
+    return float((1 + np.sum(d_bic < DELTA_BIC)) / (1 + len(d_bic))), grid[rb["fits"]["sigmoid"]["row"], 0], d_bic
 
 
 def _criteria(x, u, se, floor, theta, d_bic, p_case, max_width) -> tuple[dict, float]:
@@ -161,15 +161,16 @@ def _criteria(x, u, se, floor, theta, d_bic, p_case, max_width) -> tuple[dict, f
     }, gap
 
 
-def _null_p(x: np.ndarray, u: np.ndarray, n_sim: int, seed: int) -> float:
+def _null_p(x: np.ndarray, rb: dict, n_sim: int, seed: int) -> float:
     """Parametric bootstrap under the smooth form: the share of series drawn from the smooth curve fitted under
     Student-t errors plus t noise of its fitted scale in which the sigmoid beats the smooth form by the observed
-    robust delta-BIC (both on the sigmoid grid, unrefined; the simulated series fitted all at once)."""
-    fitted, sigma = smooth_null(x, u)
+    robust delta-BIC (both on the sigmoid grid, unrefined; the simulated series fitted all at once). rb: the
+    series' robust_bics."""
+    fitted, sigma = smooth_null(rb)
     _, basis = sigmoid_grid(x)
-    observed = grid_delta_bic(x, u, basis)
     rng = np.random.default_rng(seed)
-    simulated = fitted[None, :] + sigma * rng.standard_t(NU, (n_sim, len(u)))
+    simulated = fitted[None, :] + sigma * rng.standard_t(NU, (n_sim, len(fitted)))
+    observed = rb["smooth"] - rb["sigmoid"]
     return float((1 + np.sum(grid_delta_bic(x, simulated, basis) >= observed)) / (1 + n_sim))
 
 
@@ -211,7 +212,7 @@ def detect(s: Series, n_boot: int = 400, seed: int = 0, max_width: float = MAX_W
         return {**out, "verdict": "too few points", "p": math.nan}
     u, lo, hi, floor_known = normalise(s)
     rb = robust_bics(x, u)
-    t_sig = rb["sigmoid_fit"]
+    t_sig = rb["fits"]["sigmoid"]
     theta, _ = fit_sigmoid(x, u, t_sig["weights"])  # weighted as the t fit weighs each point
     bn = fit_bnsl(x, u)
     b = {"constant": rb["constant"], "smooth": rb["smooth"], "sigmoid": rb["sigmoid"]}
@@ -224,7 +225,7 @@ def detect(s: Series, n_boot: int = 400, seed: int = 0, max_width: float = MAX_W
     floor = 0.0 if floor_known else min(lo_s, hi_s)
     criteria, gap = _criteria(x, u, se, floor, theta, b["smooth"] - b["sigmoid"], p_case, max_width)
     gradual = _gradual(x, u, se, floor, theta, max_width, b)
-    verdict, p = _verdict(criteria, gap, width, max_width, b, gradual, lambda: _null_p(x, u, n_boot, seed))
+    verdict, p = _verdict(criteria, gap, width, max_width, b, gradual, lambda: _null_p(x, rb, n_boot, seed))
     to_scale = (lambda v: -v) if s.axis == "loss" else (lambda v: 10 ** v)
     sign = 1 if s.higher_is_better else -1
     out.update({

@@ -147,11 +147,8 @@ def _restore_stderr(saved: int) -> None:
     absl.propagate = True
 
 
-class _DescriptorTwo(logging.StreamHandler):
+class _DescriptorTwo(logging.Handler):
     """Writes to descriptor 2 as it is at the time (wherever _redirect_stderr has pointed it)."""
-
-    def __init__(self):
-        super().__init__(stream=None)
 
     def emit(self, record: logging.LogRecord) -> None:
         with contextlib.suppress(OSError):

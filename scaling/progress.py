@@ -44,8 +44,9 @@ class Console:
         self.lock = threading.Lock()
         self.block = 0  # lines of the live display now on the screen
         self.live = live_terminal()
-        # set once the sweep is signalled or a run has met a storage failure (a full disk): what the processes say
-        # after that (each run interrupted, torn-down writer threads) goes to the log, and the sweep says it in one line
+        # set once the sweep is signalled or a run has met a storage failure (a full disk): what the processes
+        # say after that (each run interrupted, torn-down writer threads) goes to the log, and the sweep says it
+        # in one line
         self.stopping = False
 
     def log(self, line: str) -> None:
@@ -60,7 +61,7 @@ class Console:
         self.log(line)
         if LOUD.search(line) and not self.stopping:
             self.say(line)
-            if line.startswith("scaling: ") and any(w in line.lower() for w in runs.STORAGE_ERRNOS.values()):
+            if line.startswith("scaling: ") and runs.storage_words(line) is not None:
                 self.stopping = True
 
     def say(self, line: str) -> None:

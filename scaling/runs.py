@@ -153,12 +153,17 @@ def storage_problem(e: BaseException) -> str | None:
         if isinstance(e, OSError) and e.errno in STORAGE_ERRNOS:
             return STORAGE_ERRNOS[e.errno] + (f" ({e.filename})" if e.filename else "")
         text = str(e)
-        for words in STORAGE_ERRNOS.values():
-            if words in text.lower():
-                path = re.search(r'"(/[^"]+)"', text)
-                return words + (f" ({path.group(1)})" if path else "")
+        if (words := storage_words(text)) is not None:
+            path = re.search(r'"(/[^"]+)"', text)
+            return words + (f" ({path.group(1)})" if path else "")
         e = e.__cause__ or e.__context__
     return None
+
+
+def storage_words(text: str) -> str | None:
+    """The storage failure a message names in the operating system's words (STORAGE_ERRNOS), else None."""
+    low = text.lower()
+    return next((words for words in STORAGE_ERRNOS.values() if words in low), None)
 
 
 def record_interruption(folder: Path, why: str) -> None:
